@@ -2,23 +2,37 @@
 
 Every loader returns a `RegressionData` (numpy, rows are samples). Loaders register themselves in
 `LOADERS` (name -> callable(data_config) -> RegressionData); `load_dataset` applies the target
-transform named by `data_config.target_transform` after loading.
+transform named by `data_config.target_transform` after loading. Large image sets come back with
+`ArraySource` inputs: stream them with `nrc_jax.data.batches.iterate_batches`.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import ml_collections
 
-from nrc_jax.data.base import RegressionData, check_arrays
+from nrc_jax.data import carla, d4rl, minari, sgemm, synthetic_images, utkface
+from nrc_jax.data.base import ArraySource, RegressionData, check_arrays
 from nrc_jax.data.npz import load_npz
-from nrc_jax.errors import DataError
+from nrc_jax.data.transforms import TRANSFORMS, TargetTransform, apply_forward, fit_transform
+from nrc_jax.errors import ConfigError, DataError
 
 Loader = Callable[[ml_collections.ConfigDict], RegressionData]
 
 LOADERS: dict[str, Loader] = {
     "npz": lambda cfg: load_npz(cfg.path, "npz"),
+    "d4rl": d4rl.load_d4rl_hdf5,
+    "d4rl_tfds": d4rl.load_d4rl_tfds,
+    "minari": minari.load_minari,
+    "carla": carla.load_carla,
+    "utkface": utkface.load_utkface,
+    "sgemm": sgemm.load_sgemm,
+    "synthetic_images": synthetic_images.load_synthetic_images,
 }
+
+# Sets that read files named by data.path (everything else is made locally, e.g. for `table`).
+PATH_DATASETS = ("npz", "d4rl", "d4rl_tfds", "minari", "carla", "utkface", "sgemm")
 
 
 def known_datasets() -> tuple[str, ...]:
@@ -31,7 +45,14 @@ def default_data_config() -> ml_collections.ConfigDict:
         "name": "swimmer",
         "path": "",
         "seed": 0,
-        "target_transform": "none",
+        "target_transform": "none",  # one of transforms.TRANSFORMS, fitted on the training targets
+        "train_size": 0,  # samples; 0 = the set's default (paper sizes; else 5/6 of the data)
+        "test_size": 0,  # samples; 0 = 20% of train_size (the paper's rule)
+        "targets": "",  # which targets: carla 'speed_steer'|'steer'|'speed'; synthetic_images 'x_y_size'|'x_y'; sgemm 'runs'|'log_runs'
+        "dataset_id": "",  # minari: '<id>' under data.path; d4rl_tfds: e.g. 'd4rl_mujoco_hopper/v2-expert'
+        "image_size": 0,  # square side images are resized to; 0 = the set's default (224 real, 32 synthetic)
+        "image_normalization": "imagenet",  # 'imagenet' (mean/std) | 'unit' ([0, 1])
+        "max_in_memory_mb": 2048,  # image sets larger than this (as float32) are streamed, not loaded
     })
 
 
@@ -40,7 +61,23 @@ def load_dataset(data_config: ml_collections.ConfigDict) -> RegressionData:
     name = data_config.name
     if name not in LOADERS:
         raise DataError(f"unknown data set {name!r} (data.name); known data sets: {', '.join(known_datasets())}")
-    return LOADERS[name](data_config)
+    kind = data_config.get("target_transform", "none") or "none"
+    if kind not in TRANSFORMS:
+        raise ConfigError(f"data.target_transform={kind!r} is not one of {', '.join(TRANSFORMS)}")
+    return apply_target_transform(LOADERS[name](data_config), kind)
 
 
-__all__ = ["RegressionData", "check_arrays", "load_dataset", "default_data_config", "known_datasets", "LOADERS"]
+def apply_target_transform(data: RegressionData, kind: str) -> RegressionData:
+    """Fits `kind` on `data.y_train` and returns a copy with both target splits transformed."""
+    transform = fit_transform(kind, data.y_train, data.name)
+    return dataclasses.replace(
+        data, y_train=apply_forward(transform, data.y_train), y_test=apply_forward(transform, data.y_test),
+        transform=transform, info={**data.info, "target_transform": kind})
+
+
+__all__ = ["RegressionData", "ArraySource", "TargetTransform", "check_arrays", "load_dataset",
+           "apply_target_transform", "default_data_config", "known_datasets", "LOADERS", "PATH_DATASETS",
+           "KNOWN_DATASETS"]
+
+# Computed last, after every registration in this file.
+KNOWN_DATASETS: tuple[str, ...] = known_datasets()
