@@ -1,0 +1,666 @@
+"""Neural Regression Collapse metrics in pure jax.numpy (the math is docs/nrc-spec.md).
+
+Rows are samples: features `H` (M, d), head weights `W` (n, d), targets `Y` (M, n), predictions
+`H @ W.T + b` (M, n). Every function is jittable and works in float32 and float64.
+
+NRC1/NRC2 variants (keyword `variant`):
+- "paper" (default): per-sample normalized, not centered, `ht_i = h_i / ||h_i||`;
+  `NRC = (1/M) sum_i ||ht_i - P ht_i||^2 = 1 - tr(P S~)`, `S~ = (1/M) sum ht ht^T`.
+- "centered": as "paper" with `ht_i = (h_i - hbar) / ||h_i - hbar||`.
+- "variance": Deep NRC's `1 - tr(V^T S_h V) / tr(S_h)`, `S_h` the centered covariance of raw H.
+- "unnormalized": the first code release, `(1/M) sum_i ||h_i - P h_i||^2` on raw (uncentered) h.
+`P` is the projector onto the top-n principal directions of H (eigenvectors of the centered
+covariance of raw H) for NRC1, and onto the row space of W for NRC2.
+
+Conventions the spec leaves open (the test oracle tests/reference_numpy.py follows them):
+- Zero rows of H have no direction: the per-sample-normalized forms ("paper", "centered") skip them
+  (they count neither in the sum nor in M). If every row is zero those forms are nan.
+- NRC2 uses the numerical row space of W: singular values <= max(n, d) * eps * s_max are dropped
+  (numpy's matrix_rank tolerance), so rank-deficient W is handled; W = 0 gives NRC2 = 1.
+- NRC3 for n = 1 is 0.0 (the spec calls it trivial: both normalized 1x1 matrices are 1). A zero
+  `W W^T` (or `A_gamma`) normalizes to the zero matrix, so W = 0 gives NRC3 = 1.
+- `mse`, `mse_per_dim`, `r2`, `r2_per_dim` take `(targets, predictions)` in that order
+  (sklearn's y_true, y_pred); `r2` is the mean of the per-dimension values.
+
+Sufficient statistics: `FeatureStats` (built by `feature_stats`, added by `merge`) holds sums over
+samples, so metrics of a data set streamed in batches, sharded over devices or split over hosts are
+exact; `metrics_from_stats` turns them into every metric above. The "centered" normalized variant
+needs hbar before normalizing, so it takes a second pass: `centered_feature_stats(features, mean)`.
+Sums are accumulated in the input dtype: in float32 the centered covariance `sum_hh/M - hbar hbar^T`
+loses digits when |hbar| >> the feature spread; use float64 inputs where that matters.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nrc_jax.errors import ConfigError, DataError
+
+VARIANTS = ("paper", "centered", "variance", "unnormalized")
+Array = jax.Array
+ArrayLike = Any
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+_dot = functools.partial(jnp.matmul, precision=_HIGHEST)
+
+
+# ----------------------------------------------------------------------------- validation
+def _is_concrete(x: ArrayLike) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def _array_arg(name: str, x: ArrayLike, ndim: int) -> Array:
+    """`x` as a floating jax array of rank `ndim`; DataError naming `name` otherwise."""
+    if x is None:
+        raise DataError(f"{name} is required, got None")
+    if _is_concrete(x) and not isinstance(x, jax.Array):
+        x = np.asarray(x)
+        if not np.issubdtype(x.dtype, np.floating):
+            x = x.astype(np.float32)
+    if x.ndim != ndim:
+        raise DataError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
+    if _is_concrete(x):
+        finite = np.isfinite(x).all() if isinstance(x, np.ndarray) else jnp.isfinite(x).all()
+        if not bool(finite):
+            raise DataError(f"{name} (shape {tuple(x.shape)}) contains non-finite values")
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return x
+
+
+def _check_count(name: str, value: Any, low: int, high: int, context: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be a Python int (static), got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be in [{low}, {high}] ({context}), got {value}")
+    return int(value)
+
+
+def _check_variant(variant: str) -> str:
+    if variant not in VARIANTS:
+        raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    return variant
+
+
+def _check_gamma(gamma: ArrayLike) -> ArrayLike:
+    if _is_concrete(gamma):
+        value = np.asarray(gamma)
+        if value.shape != () or not np.isfinite(value) or value < 0:
+            raise ConfigError(f"gamma must be a finite scalar >= 0, got {gamma!r}")
+    return gamma
+
+
+def _check_weights(weights: ArrayLike, d: int | None = None) -> Array:
+    w = _array_arg("weights", weights, 2)
+    n, dw = w.shape
+    if d is not None and dw != d:
+        raise DataError(f"weights shape {tuple(w.shape)} does not match feature dim d={d} (want (n, {d}))")
+    if n < 1 or n > dw:
+        raise DataError(f"weights shape {tuple(w.shape)} must be (n, d) with 1 <= n <= d")
+    return w
+
+
+def _check_sigma(sigma: ArrayLike, n: int) -> Array:
+    s = _array_arg("sigma", sigma, 2)
+    if s.shape != (n, n):
+        raise DataError(f"sigma shape {tuple(s.shape)} must be (n, n) = ({n}, {n}) to match weights")
+    return s
+
+
+def _check_targets_predictions(targets: ArrayLike, predictions: ArrayLike) -> tuple[Array, Array]:
+    y = _as_2d("targets", targets)
+    p = _as_2d("predictions", predictions)
+    if y.shape != p.shape:
+        raise DataError(f"targets shape {tuple(y.shape)} and predictions shape {tuple(p.shape)} differ")
+    return y, p
+
+
+def _as_2d(name: str, x: ArrayLike) -> Array:
+    """A (M,) array becomes (M, 1); (M, n) stays."""
+    shape = np.shape(x)
+    if len(shape) == 1:
+        return _array_arg(name, x, 1)[:, None]
+    return _array_arg(name, x, 2)
+
+
+# ----------------------------------------------------------------------------- linear algebra
+def _symmetrize(m: Array) -> Array:
+    return 0.5 * (m + m.T)
+
+
+def _top_eigh(cov: Array, r: int) -> tuple[Array, Array]:
+    """Top-r eigenpairs of a symmetric matrix, descending: values (r,), vectors (d, r)."""
+    values, vectors = jnp.linalg.eigh(_symmetrize(cov))
+    return values[::-1][:r], vectors[:, ::-1][:, :r]
+
+
+def _row_space_basis(weights: Array) -> tuple[Array, Array]:
+    """Orthonormal basis (d, n) of the row space of W with a 0/1 mask (n,) of the kept directions.
+
+    Directions with singular value <= max(n, d) * eps * s_max are dropped (numerical rank).
+    """
+    _, singular, vt = jnp.linalg.svd(weights, full_matrices=False)
+    tol = max(weights.shape) * jnp.finfo(weights.dtype).eps * singular[0]
+    keep = (singular > tol).astype(weights.dtype)
+    return vt.T, keep
+
+
+def _captured(moment: Array, basis: Array, keep: Array | None = None) -> Array:
+    """tr(P M) for P = basis diag(keep) basis^T (basis has orthonormal columns)."""
+    per_direction = jnp.sum(basis * _dot(moment, basis), axis=0)
+    if keep is not None:
+        per_direction = per_direction * keep
+    return jnp.sum(per_direction)
+
+
+def _residual_fraction(moment: Array, basis: Array, keep: Array | None = None) -> Array:
+    """1 - tr(P M)/tr(M), clipped at 0 against rounding (it is >= 0 exactly)."""
+    total = jnp.trace(moment)
+    return jnp.maximum(total - _captured(moment, basis, keep), 0.0) / total
+
+
+def _residual_mean(moment_sum: Array, count: Array, basis: Array, keep: Array | None = None) -> Array:
+    """(tr(M) - tr(P M)) / count: the mean squared residual of the rows summed into M."""
+    return jnp.maximum(jnp.trace(moment_sum) - _captured(moment_sum, basis, keep), 0.0) / count
+
+
+def _sqrt_psd(sigma: Array) -> Array:
+    """PSD square root via eigh; tiny negative eigenvalues (rounding) are clipped to 0."""
+    values, vectors = jnp.linalg.eigh(_symmetrize(sigma))
+    return _dot(vectors * jnp.sqrt(jnp.clip(values, 0.0, None))[None, :], vectors.T)
+
+
+def _unit(m: Array) -> Array:
+    """m / ||m||_F, and the zero matrix for m = 0."""
+    norm = jnp.linalg.norm(m)
+    return jnp.where(norm > 0, m / jnp.where(norm > 0, norm, 1.0), 0.0)
+
+
+def _normalize_rows(h: Array) -> Array:
+    """Rows divided by their norm; zero rows stay zero (so they drop out of sums of ht ht^T)."""
+    norms = jnp.linalg.norm(h, axis=1, keepdims=True)
+    return jnp.where(norms > 0, h / jnp.where(norms > 0, norms, 1.0), 0.0)
+
+
+def top_eigenvectors(
+    cov: ArrayLike, n: int, init: ArrayLike | None = None, iters: int = 30
+) -> tuple[Array, Array]:
+    """Top-n eigenpairs of a symmetric PSD matrix by subspace (orthogonal) iteration with QR.
+
+    Args:
+      cov: (d, d) symmetric PSD matrix.
+      n: number of eigenpairs, 1 <= n <= d.
+      init: (d, n) starting basis (need not be orthonormal), e.g. the vectors returned last time:
+        warm-starting from the previous epoch's basis makes a few iterations enough. Default: a
+        fixed random basis (PRNGKey(0)).
+      iters: QR iterations. The error in the subspace shrinks like (lambda_{n+1}/lambda_n)^iters,
+        then a Rayleigh-Ritz step (eigh of the n x n projected matrix) orders the pairs.
+
+    Returns:
+      (values (n,), vectors (d, n)), descending like `jnp.linalg.eigh` reversed. Jittable.
+    """
+    cov = _array_arg("cov", cov, 2)
+    d = cov.shape[0]
+    if cov.shape != (d, d):
+        raise DataError(f"cov must be square (d, d), got shape {tuple(cov.shape)}")
+    n = _check_count("n", n, 1, d, f"cov is {d}x{d}")
+    iters = _check_count("iters", iters, 0, 10**6, "QR iterations")
+    if init is None:
+        init = jax.random.normal(jax.random.PRNGKey(0), (d, n), cov.dtype)
+    else:
+        init = _array_arg("init", init, 2)
+        if init.shape != (d, n):
+            raise DataError(f"init shape {tuple(init.shape)} must be (d, n) = ({d}, {n})")
+    return _subspace_iteration(cov, init.astype(cov.dtype), iters)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _subspace_iteration(cov: Array, init: Array, iters: int) -> tuple[Array, Array]:
+    cov = _symmetrize(cov)
+
+    def step(_, q):
+        return jnp.linalg.qr(_dot(cov, q))[0]
+
+    q = jax.lax.fori_loop(0, iters, step, jnp.linalg.qr(init)[0])
+    ritz_values, ritz_vectors = jnp.linalg.eigh(_symmetrize(_dot(q.T, _dot(cov, q))))
+    return ritz_values[::-1], _dot(q, ritz_vectors[:, ::-1])
+
+
+def pca_basis_init(d: int, n: int, *, evr_k: int = 5, key: Array | None = None,
+                   dtype: Any = jnp.float32) -> Array:
+    """A random orthonormal (d, max(n, min(evr_k, d))) basis to start `metrics_from_stats(pca_init=)`.
+
+    Carry the returned `pca_basis` of each call in the training state and pass it back next time.
+    """
+    width = max(n, min(evr_k, d))
+    key = jax.random.PRNGKey(0) if key is None else key
+    return jnp.linalg.qr(jax.random.normal(key, (d, width), dtype))[0]
+
+
+# ----------------------------------------------------------------------------- array metrics
+def _centered_covariance(h: Array) -> Array:
+    centered = h - jnp.mean(h, axis=0, keepdims=True)
+    return _dot(centered.T, centered) / h.shape[0]
+
+
+def _variant_nrc(h: Array, basis: Array, keep: Array | None, variant: str) -> Array:
+    if variant == "paper":
+        hn = _normalize_rows(h)
+        return _residual_fraction(_dot(hn.T, hn), basis, keep)
+    if variant == "centered":
+        hn = _normalize_rows(h - jnp.mean(h, axis=0, keepdims=True))
+        return _residual_fraction(_dot(hn.T, hn), basis, keep)
+    if variant == "variance":
+        return _residual_fraction(_centered_covariance(h), basis, keep)
+    return _residual_mean(_dot(h.T, h), jnp.asarray(h.shape[0], h.dtype), basis, keep)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _nrc1_impl(h: Array, n: int, variant: str) -> Array:
+    _, basis = _top_eigh(_centered_covariance(h), n)
+    return _variant_nrc(h, basis, None, variant)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _nrc2_impl(h: Array, w: Array, variant: str) -> Array:
+    basis, keep = _row_space_basis(w)
+    return _variant_nrc(h, basis, keep, variant)
+
+
+def _features_arg(features: ArrayLike) -> Array:
+    h = _array_arg("features", features, 2)
+    if h.shape[0] < 1 or h.shape[1] < 1:
+        raise DataError(f"features must be (M, d) with M, d >= 1, got shape {tuple(h.shape)}")
+    return h
+
+
+def nrc1(features: ArrayLike, n: int, *, variant: str = "paper") -> Array:
+    """NRC1: residual of the features outside their top-n principal subspace.
+
+    Args:
+      features: H, (M, d), rows are samples.
+      n: number of principal directions (the target dim), 1 <= n <= d.
+      variant: "paper" (default), "centered", "variance" or "unnormalized" (module docstring).
+    Returns: scalar.
+    """
+    h = _features_arg(features)
+    n = _check_count("n", n, 1, h.shape[1], f"features shape {tuple(h.shape)}")
+    return _nrc1_impl(h, n, _check_variant(variant))
+
+
+def nrc2(features: ArrayLike, weights: ArrayLike, *, variant: str = "paper") -> Array:
+    """NRC2: residual of the features outside the row space of W.
+
+    Args:
+      features: H, (M, d). weights: W, (n, d), n <= d; rank-deficient W uses its numerical rank.
+      variant: "paper" (default), "centered", "variance" or "unnormalized" (module docstring).
+    Returns: scalar.
+    """
+    h = _features_arg(features)
+    w = _check_weights(weights, h.shape[1])
+    return _nrc2_impl(h, w.astype(h.dtype), _check_variant(variant))
+
+
+def _nrc3_from_root(wwt_unit: Array, root: Array, gamma: Array) -> Array:
+    n = root.shape[0]
+    a_gamma = root - jnp.sqrt(gamma) * jnp.eye(n, dtype=root.dtype)
+    return jnp.sum((wwt_unit - _unit(a_gamma)) ** 2)
+
+
+@jax.jit
+def _nrc3_impl(w: Array, sigma: Array, gamma: Array) -> Array:
+    if w.shape[0] == 1:
+        return jnp.zeros((), w.dtype)
+    return _nrc3_from_root(_unit(_dot(w, w.T)), _sqrt_psd(sigma), jnp.asarray(gamma, w.dtype))
+
+
+def nrc3(weights: ArrayLike, sigma: ArrayLike, gamma: ArrayLike) -> Array:
+    """NRC3(gamma) = || WW^T/||WW^T||_F - A/||A||_F ||_F^2, A = Sigma^{1/2} - sqrt(gamma) I_n.
+
+    Args: weights W (n, d); sigma, the target covariance (n, n); gamma >= 0 (scalar, may be traced).
+    Returns: scalar; 0.0 for n = 1 (trivial, see module docstring).
+    """
+    w = _check_weights(weights)
+    s = _check_sigma(sigma, w.shape[0])
+    return _nrc3_impl(w, s.astype(w.dtype), _check_gamma(gamma))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _nrc3_curve_impl(w: Array, sigma: Array, num: int) -> tuple[Array, Array]:
+    lambda_min = jnp.maximum(jnp.linalg.eigvalsh(_symmetrize(sigma))[0], 0.0)
+    gammas = jnp.linspace(0.0, lambda_min, num, endpoint=False, dtype=w.dtype)
+    if w.shape[0] == 1:
+        return gammas, jnp.zeros_like(gammas)
+    wwt_unit, root = _unit(_dot(w, w.T)), _sqrt_psd(sigma)
+    return gammas, jax.vmap(lambda g: _nrc3_from_root(wwt_unit, root, g))(gammas)
+
+
+def nrc3_curve(weights: ArrayLike, sigma: ArrayLike, num: int = 1000) -> tuple[Array, Array]:
+    """NRC3 on the grid gammas = linspace(0, lambda_min(Sigma), num, endpoint=False).
+
+    Returns: (gammas (num,), values (num,)).
+    """
+    w = _check_weights(weights)
+    s = _check_sigma(sigma, w.shape[0])
+    num = _check_count("num", num, 1, 10**7, "grid size")
+    return _nrc3_curve_impl(w, s.astype(w.dtype), num)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _best_gamma_impl(w: Array, sigma: Array, num: int, refine: bool) -> tuple[Array, Array]:
+    gammas, values = _nrc3_curve_impl(w, sigma, num)
+    best = jnp.argmin(values)
+    gamma, value = gammas[best], values[best]
+    if refine and w.shape[0] > 1:
+        # A second grid between the neighbours of the best grid point; the grid best is kept
+        # unless something strictly better is found, so refining never makes the value worse.
+        step = gammas[1] - gammas[0] if num > 1 else gammas[0]
+        fine = jnp.linspace(jnp.maximum(gamma - step, 0.0), gamma + step, num, endpoint=False)
+        fine = jnp.minimum(fine, gammas[-1] + step * (1 - 1e-6)).astype(w.dtype)
+        wwt_unit, root = _unit(_dot(w, w.T)), _sqrt_psd(sigma)
+        fine_values = jax.vmap(lambda g: _nrc3_from_root(wwt_unit, root, g))(fine)
+        fine_best = jnp.argmin(fine_values)
+        better = fine_values[fine_best] < value
+        gamma = jnp.where(better, fine[fine_best], gamma)
+        value = jnp.where(better, fine_values[fine_best], value)
+    return gamma, value
+
+
+def best_gamma(weights: ArrayLike, sigma: ArrayLike, num: int = 1000, *,
+               refine: bool = False) -> tuple[Array, Array]:
+    """The gamma in linspace(0, lambda_min, num, endpoint=False) minimizing NRC3 at `weights`.
+
+    With `refine=True` a second grid of `num` points between the best point's neighbours is
+    searched too; the returned value is never worse than the plain grid's. Report gamma/lambda_min
+    beside it (the spec).
+
+    Returns: (gamma, nrc3_value), scalars. For n = 1: (0.0, 0.0).
+    """
+    w = _check_weights(weights)
+    s = _check_sigma(sigma, w.shape[0])
+    num = _check_count("num", num, 1, 10**7, "grid size")
+    return _best_gamma_impl(w, s.astype(w.dtype), num, bool(refine))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _evr_impl(h: Array, k: int) -> Array:
+    cov = _centered_covariance(h)
+    values, _ = _top_eigh(cov, k)
+    return values / jnp.trace(cov)
+
+
+def explained_variance_ratio(features: ArrayLike, k: int) -> Array:
+    """Fraction of the variance of centered H on each of its top-k principal components, (k,)."""
+    h = _features_arg(features)
+    k = _check_count("k", k, 1, h.shape[1], f"features shape {tuple(h.shape)}")
+    return _evr_impl(h, k)
+
+
+@jax.jit
+def _target_stats_impl(y: Array) -> dict[str, Array]:
+    mean = jnp.mean(y, axis=0)
+    centered = y - mean[None, :]
+    sigma = _dot(centered.T, centered) / y.shape[0]
+    eigenvalues = jnp.linalg.eigvalsh(_symmetrize(sigma))[::-1]
+    std = jnp.sqrt(jnp.diag(sigma))
+    return {
+        "mean": mean,
+        "sigma": sigma,
+        "eigenvalues": eigenvalues,
+        "lambda_min": eigenvalues[-1],
+        "lambda_max": eigenvalues[0],
+        "correlation": sigma / jnp.outer(std, std),
+    }
+
+
+def target_stats(targets: ArrayLike) -> dict[str, Array]:
+    """Target statistics of Y (M, n) or (M,).
+
+    Returns dict: mean (n,), sigma (n, n) (population covariance, divided by M), eigenvalues (n,)
+    descending, lambda_min, lambda_max, correlation (n, n) (nan where a target is constant).
+    """
+    return _target_stats_impl(_as_2d("targets", targets))
+
+
+@jax.jit
+def _mse_per_dim_impl(y: Array, p: Array) -> Array:
+    return jnp.mean((p - y) ** 2, axis=0)
+
+
+@jax.jit
+def _r2_per_dim_impl(y: Array, p: Array) -> Array:
+    sse = jnp.sum((p - y) ** 2, axis=0)
+    sst = jnp.sum((y - jnp.mean(y, axis=0, keepdims=True)) ** 2, axis=0)
+    return 1.0 - sse / sst
+
+
+def mse_per_dim(targets: ArrayLike, predictions: ArrayLike) -> Array:
+    """(1/M) sum_i (yhat_ij - y_ij)^2 per target dimension, (n,). Inputs (M, n) or (M,)."""
+    return _mse_per_dim_impl(*_check_targets_predictions(targets, predictions))
+
+
+def mse(targets: ArrayLike, predictions: ArrayLike) -> Array:
+    """(1/M) sum_i ||yhat_i - y_i||^2 (summed over target dims), scalar."""
+    return jnp.sum(mse_per_dim(targets, predictions))
+
+
+def r2_per_dim(targets: ArrayLike, predictions: ArrayLike) -> Array:
+    """1 - SSE_j / SST_j per target dimension, (n,)."""
+    return _r2_per_dim_impl(*_check_targets_predictions(targets, predictions))
+
+
+def r2(targets: ArrayLike, predictions: ArrayLike) -> Array:
+    """Mean over target dimensions of `r2_per_dim`, scalar."""
+    return jnp.mean(r2_per_dim(targets, predictions))
+
+
+# ----------------------------------------------------------------------------- sufficient stats
+class FeatureStats(NamedTuple):
+    """Sums over samples (a pytree; `merge` adds two). d = feature dim, n = target dim.
+
+    count: number of samples (masked rows excluded), scalar in the feature dtype.
+    sum_h (d,), sum_hh (d, d): first and second moments of raw h.
+    sum_hn_hn (d, d): sum of ht ht^T, ht = h/||h|| (zero rows add nothing).
+    sum_y (n,), sum_yy (n, n), sum_hy (d, n): target moments and feature-target cross moment.
+    sum_res (n,), sum_res_sq (n,): sums of the residual (prediction - target) and its square.
+    """
+
+    count: Array
+    sum_h: Array
+    sum_hh: Array
+    sum_hn_hn: Array
+    sum_y: Array
+    sum_yy: Array
+    sum_hy: Array
+    sum_res: Array
+    sum_res_sq: Array
+
+
+class CenteredStats(NamedTuple):
+    """Second pass for the "centered" variant: count and sum of hc hc^T, hc = (h - mean)/||h - mean||."""
+
+    count: Array
+    sum_hcn_hcn: Array
+
+
+def merge(a, b):
+    """Adds two FeatureStats (or CenteredStats): statistics of the union of their samples."""
+    return jax.tree.map(jnp.add, a, b)
+
+
+def empty_feature_stats(d: int, n: int, dtype: Any = jnp.float32) -> FeatureStats:
+    """All-zero FeatureStats, the start of an accumulation (e.g. a scan carry)."""
+    z = functools.partial(jnp.zeros, dtype=dtype)
+    return FeatureStats(z(()), z((d,)), z((d, d)), z((d, d)), z((n,)), z((n, n)), z((d, n)),
+                        z((n,)), z((n,)))
+
+
+def _mask_arg(mask: ArrayLike | None, m: int) -> Array | None:
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.shape != (m,):
+        raise DataError(f"mask shape {tuple(mask.shape)} must be (M,) = ({m},) to match the rows")
+    return mask.astype(bool)
+
+
+def _masked(x: Array, mask: Array | None) -> Array:
+    # where, not multiply: padded rows may hold anything, even nan.
+    return x if mask is None else jnp.where(mask[:, None], x, 0.0)
+
+
+@jax.jit
+def _feature_stats_impl(h: Array, y: Array, p: Array, mask: Array | None) -> FeatureStats:
+    h, y, p = _masked(h, mask), _masked(y, mask), _masked(p, mask)
+    count = jnp.asarray(h.shape[0], h.dtype) if mask is None else jnp.sum(mask).astype(h.dtype)
+    hn = _normalize_rows(h)
+    res = p - y
+    return FeatureStats(
+        count=count,
+        sum_h=jnp.sum(h, axis=0),
+        sum_hh=_dot(h.T, h),
+        sum_hn_hn=_dot(hn.T, hn),
+        sum_y=jnp.sum(y, axis=0),
+        sum_yy=_dot(y.T, y),
+        sum_hy=_dot(h.T, y),
+        sum_res=jnp.sum(res, axis=0),
+        sum_res_sq=jnp.sum(res**2, axis=0),
+    )
+
+
+def feature_stats(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
+                  mask: ArrayLike | None = None) -> FeatureStats:
+    """Sufficient statistics of one batch.
+
+    Args:
+      features: H (M, d); targets: Y (M, n) or (M,); predictions: (M, n) or (M,).
+      mask: optional (M,) bool/0-1: rows with False are ignored (padding), whatever they hold.
+    Jittable; with the batch sharded over devices XLA inserts the cross-device sums.
+    The non-finite check runs only on concrete (not traced) inputs, masked rows included.
+    """
+    h = _features_arg(features)
+    y, p = _check_targets_predictions(targets, predictions)
+    if y.shape[0] != h.shape[0]:
+        raise DataError(f"features shape {tuple(h.shape)} and targets shape {tuple(y.shape)} "
+                        "have different numbers of rows")
+    return _feature_stats_impl(h, y.astype(h.dtype), p.astype(h.dtype), _mask_arg(mask, h.shape[0]))
+
+
+@jax.jit
+def _centered_stats_impl(h: Array, mean: Array, mask: Array | None) -> CenteredStats:
+    hcn = _masked(_normalize_rows(h - mean[None, :]), mask)
+    count = jnp.asarray(h.shape[0], h.dtype) if mask is None else jnp.sum(mask).astype(h.dtype)
+    return CenteredStats(count=count, sum_hcn_hcn=_dot(hcn.T, hcn))
+
+
+def centered_feature_stats(features: ArrayLike, mean: ArrayLike,
+                           mask: ArrayLike | None = None) -> CenteredStats:
+    """Second-pass statistics for the "centered" variant.
+
+    The centered per-sample normalization needs hbar before normalizing, so it cannot be a one-pass
+    sum: take `mean = feature_mean(stats)` from a first pass, then merge these over batches and
+    pass the result as `metrics_from_stats(..., centered=...)`.
+    """
+    h = _features_arg(features)
+    mu = _array_arg("mean", mean, 1)
+    if mu.shape != (h.shape[1],):
+        raise DataError(f"mean shape {tuple(mu.shape)} must be (d,) = ({h.shape[1]},)")
+    return _centered_stats_impl(h, mu.astype(h.dtype), _mask_arg(mask, h.shape[0]))
+
+
+def feature_mean(stats: FeatureStats) -> Array:
+    """hbar (d,) from the statistics."""
+    return stats.sum_h / stats.count
+
+
+def _stats_covariance(total: Array, first: Array, count: Array) -> Array:
+    """Centered covariance (1/M) sum (x - xbar)(x - xbar)^T from sum x x^T and sum x."""
+    return _symmetrize(total - jnp.outer(first, first) / count) / count
+
+
+def metrics_from_stats(stats: FeatureStats, weights: ArrayLike, *, sigma: ArrayLike | None = None,
+                       gamma: ArrayLike | None = None, evr_k: int = 5,
+                       centered: CenteredStats | None = None, pca_init: ArrayLike | None = None,
+                       pca_iters: int = 10, gamma_num: int = 1000) -> dict[str, Array]:
+    """Every metric of the spec, exactly, from merged sufficient statistics. Jittable.
+
+    Args:
+      stats: FeatureStats of the whole set (d features, n targets).
+      weights: W (n, d).
+      sigma: target covariance (n, n) for NRC3; default: the one of the targets in `stats`.
+      gamma: NRC3's gamma (e.g. lambda_H * lambda_W, or the best gamma at the final weights);
+        default: the best on the grid linspace(0, lambda_min, gamma_num, endpoint=False).
+      evr_k: number of explained-variance ratios (clipped to d).
+      centered: CenteredStats of the same set; adds nrc1_centered and nrc2_centered.
+      pca_init: (d, max(n, min(evr_k, d))) basis, e.g. `pca_basis_init(...)` or the previous call's
+        `pca_basis`: the principal directions then come from `pca_iters` warm-started subspace
+        iterations (`top_eigenvectors`) instead of a full eigh, and the dict gets `pca_basis`.
+
+    Returns dict: mse, mse_per_dim (n,), r2, r2_per_dim (n,), nrc1, nrc2, nrc1_variance,
+      nrc1_unnormalized, nrc2_variance, nrc2_unnormalized, evr (k,), wwt (n, n), w_norm,
+      h_norm_sq (mean ||h||^2), nrc3, nrc3_gamma [, nrc1_centered, nrc2_centered] [, pca_basis].
+    """
+    d, n = stats.sum_hy.shape
+    w = _check_weights(weights, d)
+    if w.shape[0] != n:
+        raise DataError(f"weights shape {tuple(w.shape)} does not match the {n} targets in stats")
+    k = min(_check_count("evr_k", evr_k, 1, 10**6, "number of EVR components"), d)
+    width = max(n, k)
+    dtype = stats.sum_hh.dtype
+    if sigma is not None:
+        sigma = _check_sigma(sigma, n).astype(dtype)
+    if gamma is not None:
+        gamma = jnp.asarray(_check_gamma(gamma), dtype)
+    if pca_init is not None:
+        pca_init = _array_arg("pca_init", pca_init, 2)
+        if pca_init.shape != (d, width):
+            raise DataError(f"pca_init shape {tuple(pca_init.shape)} must be (d, max(n, evr_k)) = "
+                            f"({d}, {width})")
+        pca_init = pca_init.astype(dtype)
+    gamma_num = _check_count("gamma_num", gamma_num, 1, 10**7, "grid size")
+    pca_iters = _check_count("pca_iters", pca_iters, 0, 10**6, "QR iterations")
+    return _metrics_from_stats_impl(stats, w.astype(dtype), sigma, gamma, centered, pca_init,
+                                    n, k, pca_iters, gamma_num)
+
+
+@functools.partial(jax.jit, static_argnums=(6, 7, 8, 9))
+def _metrics_from_stats_impl(stats, w, sigma, gamma, centered, pca_init, n, k, pca_iters, gamma_num):
+    count = stats.count
+    cov = _stats_covariance(stats.sum_hh, stats.sum_h, count)
+    if pca_init is None:
+        pca_values, pca_vectors = _top_eigh(cov, max(n, k))
+    else:
+        pca_values, pca_vectors = _subspace_iteration(cov, pca_init, pca_iters)
+    pca = pca_vectors[:, :n]
+    row_space, keep = _row_space_basis(w)
+
+    out = {}
+    out["mse_per_dim"] = stats.sum_res_sq / count
+    out["mse"] = jnp.sum(out["mse_per_dim"])
+    sst = jnp.diag(stats.sum_yy) - stats.sum_y**2 / count
+    out["r2_per_dim"] = 1.0 - stats.sum_res_sq / sst
+    out["r2"] = jnp.mean(out["r2_per_dim"])
+    for name, basis, kept in (("nrc1", pca, None), ("nrc2", row_space, keep)):
+        out[name] = _residual_fraction(stats.sum_hn_hn, basis, kept)
+        out[f"{name}_variance"] = _residual_fraction(cov, basis, kept)
+        out[f"{name}_unnormalized"] = _residual_mean(stats.sum_hh, count, basis, kept)
+        if centered is not None:
+            out[f"{name}_centered"] = _residual_fraction(centered.sum_hcn_hcn, basis, kept)
+    out["evr"] = pca_values[:k] / jnp.trace(cov)
+    out["wwt"] = _dot(w, w.T)
+    out["w_norm"] = jnp.linalg.norm(w)
+    out["h_norm_sq"] = jnp.trace(stats.sum_hh) / count
+    if sigma is None:
+        sigma = _stats_covariance(stats.sum_yy, stats.sum_y, count)
+    if gamma is None:
+        out["nrc3_gamma"], out["nrc3"] = _best_gamma_impl(w, sigma, gamma_num, False)
+    else:
+        out["nrc3_gamma"], out["nrc3"] = gamma, _nrc3_impl(w, sigma, gamma)
+    if pca_init is not None:
+        out["pca_basis"] = pca_vectors
+    return out
