@@ -136,6 +136,11 @@ def maybe_initialize(
                                 initialization_timeout)
     if settings.source == "none":
         return settings
+    if settings.source != "cluster":
+        _announce(settings)
+        if settings.process_id != 0:  # probe before importing JAX: fails fast, with a message
+            wait_for_coordinator(settings.coordinator_address, settings.initialization_timeout,
+                                 settings.process_id)
     import jax
 
     if jax.distributed.is_initialized():
@@ -146,10 +151,6 @@ def maybe_initialize(
         kwargs.update(coordinator_address=settings.coordinator_address,
                       num_processes=settings.num_processes, process_id=settings.process_id,
                       local_device_ids=list(settings.local_device_ids) if settings.local_device_ids else None)
-        _announce(settings)
-        if settings.process_id != 0:
-            wait_for_coordinator(settings.coordinator_address, settings.initialization_timeout,
-                                 settings.process_id)
     try:
         jax.distributed.initialize(**kwargs)
     except (ValueError, TypeError, RuntimeError) as e:  # no cluster found, or JAX already started
