@@ -52,7 +52,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         "dataset_id": "",  # minari: '<id>' under data.path; d4rl_tfds: e.g. 'd4rl_mujoco_hopper/v2-expert'
         "image_size": 0,  # square side images are resized to; 0 = the set's default (224 real, 32 synthetic)
         "image_normalization": "imagenet",  # 'imagenet' (mean/std) | 'unit' ([0, 1])
-        "max_in_memory_mb": 2048,  # image sets larger than this (as float32) are streamed, not loaded
+        "max_in_memory_mb": 2048.0,  # image sets larger than this (as float32) are streamed, not loaded
     })
 
 

@@ -162,10 +162,18 @@ def split_by_episodes(name: str, source: str, x: np.ndarray, y: np.ndarray, ends
     """Splits (T, ...) step arrays into train/test by whole episodes, in file order.
 
     Training samples come from the first episodes (the last one used is cut to reach exactly
-    `train_size`); test samples from the episodes after it, so no episode is in both splits. Sizes
-    follow `resolve_split_sizes`. Returns (x_train, y_train, x_test, y_test, info).
+    `train_size`); test samples from the episodes after it, so no episode is in both splits. With
+    train_size = 0 the training split is the most whole episodes that leave `test_size` (default:
+    20% of the training size) for the test split, and with both 0 the test split is all the rest.
+    Returns (x_train, y_train, x_test, y_test, info).
     """
     starts = np.concatenate([[0], ends[:-1]])
+    if train_size == 0 and len(ends) > 1:  # default: whole episodes, leaving at least the test size after them
+        after = int(ends[-1]) - ends[:-1]
+        fits = np.flatnonzero(after >= (test_size if test_size else np.round(0.2 * ends[:-1])))
+        if fits.size:
+            train_size = int(ends[fits[-1]])
+            test_size = test_size or int(after[fits[-1]])
     train_size, test_size = resolve_split_sizes(name, source, int(ends[-1]), train_size, test_size)
     # First episode whose end reaches train_size: the test split starts at the next episode start.
     last_train_episode = int(np.searchsorted(ends, train_size))
