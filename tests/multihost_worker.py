@@ -3,8 +3,8 @@
     python tests/multihost_worker.py OUT_DIR [RESTORE_DIR]
 
 Joins the other processes through the NRC_JAX_* variables, then:
-  1. builds the global data of `make_data()` from this process's rows only and writes the
-     jit-reduced statistics to OUT_DIR/stats_<process>.npz;
+  1. builds the global data of `make_data()` from this process's rows only and writes its
+     jit-reduced `nrc_jax.metrics.feature_stats` (and metrics) to OUT_DIR/stats_<process>.npz;
   2. if RESTORE_DIR is given, restores the checkpoint saved there (by another topology) onto this
      topology's mesh and writes it to OUT_DIR/restored_<process>.npz;
   3. saves `make_tree()` sharded over all processes' devices to OUT_DIR/ckpt (all processes save).
@@ -49,10 +49,18 @@ def data_mesh(devices=None):
     return Mesh(np.array(devices), (distributed.DATA_AXIS,))
 
 
+HEAD = np.array([[0.5, -1.0, 0.25], [2.0, 0.0, -0.5]], np.float32)  # W (n, d) making predictions
+
+
 def global_stats(mesh) -> dict[str, np.ndarray]:
-    """Masked sufficient statistics of make_data(), each process contributing its rows only."""
+    """nrc_jax.metrics.feature_stats of make_data(), each process contributing its rows only.
+
+    Predictions are features @ HEAD.T; padded rows are masked out. Returns the FeatureStats fields,
+    reduced inside one jit over every device (every metric is a function of them).
+    """
     import jax
-    import jax.numpy as jnp
+
+    from nrc_jax import metrics
 
     features, targets = make_data()
     shard = distributed.process_rows(NUM_ROWS, num_devices=mesh.size)
@@ -62,12 +70,9 @@ def global_stats(mesh) -> dict[str, np.ndarray]:
 
     @jax.jit
     def stats(h, y, mask):
-        hm = h * mask[:, None]
-        return {"count": jnp.sum(mask), "sum_h": jnp.sum(hm, axis=0), "sum_hh": hm.T @ h,
-                "sum_hy": hm.T @ y}
+        return metrics.feature_stats(h, y, h @ HEAD.T, mask)._asdict()
 
-    out = stats(h, y, mask)
-    return {k: np.asarray(jax.device_get(v)) for k, v in out.items()}
+    return {k: np.asarray(jax.device_get(v)) for k, v in stats(h, y, mask).items()}
 
 
 def save_tree(directory: str, mesh) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nrc_jax import distributed
+from nrc_jax import distributed, metrics
 from nrc_jax.errors import ConfigError
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -160,15 +160,23 @@ def test_shard_host_array_places_rows_over_the_data_axis():
         distributed.shard_host_array(mesh, rows[:6])
 
 
-def test_masked_stats_one_process_match_numpy():
+def unpadded_single_device_stats() -> dict[str, np.ndarray]:
+    """The reference: feature_stats of all rows at once on one device, no padding, no mask."""
     features, targets = worker.make_data()
-    with jax.enable_x64(True):
-        stats = worker.global_stats(worker.data_mesh(jax.devices()[:4]))
-    f64 = features.astype(np.float64)
+    stats = metrics.feature_stats(features, targets, features @ worker.HEAD.T)
+    return {k: np.asarray(v) for k, v in stats._asdict().items()}
+
+
+def assert_same_stats(got, expected):
+    assert set(expected) <= set(got)
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_padded_sharded_stats_match_unpadded_single_device():
+    stats = worker.global_stats(worker.data_mesh(jax.devices()[:4]))
     assert stats["count"] == worker.NUM_ROWS
-    np.testing.assert_allclose(stats["sum_h"], f64.sum(0), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(stats["sum_hh"], f64.T @ f64, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(stats["sum_hy"], f64.T @ targets, rtol=1e-5, atol=1e-5)
+    assert_same_stats(stats, unpadded_single_device_stats())
 
 
 # --- real processes on loopback ---------------------------------------------------------------
@@ -213,8 +221,8 @@ def test_two_processes_reduce_like_one(two_by_two):
     for index in range(2):
         got = np.load(two_by_two / f"stats_{index}.npz")
         assert (int(got["process_count"]), int(got["device_count"])) == (2, 4)
-        for key, value in expected.items():
-            np.testing.assert_allclose(got[key], value, rtol=1e-6, atol=1e-6, err_msg=key)
+        assert_same_stats(got, expected)
+        assert_same_stats(got, unpadded_single_device_stats())
 
 
 def test_checkpoint_from_one_device_restores_on_two_processes(two_by_two):
