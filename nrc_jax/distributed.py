@@ -15,7 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -184,6 +184,23 @@ def wait_for_coordinator(address: str, timeout_s: float, process_id: int | None 
                     f"is process 0 running and is the address reachable from this host? Set "
                     f"{ENV_INIT_TIMEOUT} to wait longer.") from None
             time.sleep(0.25)
+
+
+def exit_process(code: int) -> NoReturn:
+    """Ends this process now with `code` (the CLIs call it after printing a UserError).
+
+    In a multi-process run it skips JAX's exit-time shutdown barrier, which would otherwise keep a
+    failed process alive (up to the shutdown timeout) waiting for peers that are themselves
+    blocked in a collective waiting for it; the launcher (or srun --kill-on-bad-exit) then stops
+    the others at once.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1:
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
 
 
 def is_primary() -> bool:
