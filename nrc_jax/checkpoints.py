@@ -1,0 +1,164 @@
+"""Orbax checkpoints of a run: the train state plus, beside it, the config and a data fingerprint.
+
+Each checkpoint step is the number of epochs completed. An item `state` (the `TrainState` pytree,
+StandardSave) and an item `meta` (JSON: config, data fingerprint, shapes, sweep members, epoch) are
+written together, asynchronously; every process takes part in a save (Orbax coordinates them).
+Orbax writes each step into a temporary folder and renames it when complete, so a kill leaves no
+half-written step visible; a step that still fails to read is skipped with a warning naming it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import threading
+from typing import Any
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from nrc_jax.data import RegressionData
+from nrc_jax.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Config fields that may change between a run and its resumption (they do not change the math).
+RESUME_MUTABLE = ("mesh.num_devices", "train.progress_bar", "train.max_to_keep", "train.checkpoint_every",
+                  "train.eval_chunk")
+
+
+def data_fingerprint(data: RegressionData) -> str:
+    """sha256 of the four arrays' dtypes, shapes and bytes (hex)."""
+    digest = hashlib.sha256()
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        a = np.ascontiguousarray(getattr(data, name))
+        digest.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
+        digest.update(memoryview(a).cast("B"))
+    return digest.hexdigest()
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+    """The config as plain JSON types (tuples become lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def run_meta(config: ml_collections.ConfigDict, data: RegressionData, members: list[dict]) -> dict:
+    """What is saved beside the state and checked on resume."""
+    return {"config": config_json(config), "fingerprint": data_fingerprint(data),
+            "data_name": data.name, "input_shape": list(data.input_shape), "out_dim": data.target_dim,
+            "members": members}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_compatible(saved: dict, current: dict, where: str) -> None:
+    """Raises ConfigError naming the first differing config field, or a data fingerprint change."""
+    old, new = _flatten(saved["config"]), _flatten(current["config"])
+    for key in sorted(set(old) | set(new)):
+        if key not in RESUME_MUTABLE and old.get(key) != new.get(key):
+            raise ConfigError(
+                f"cannot resume from {where}: config field {key} was {old.get(key)!r} there and is "
+                f"{new.get(key)!r} now; use a new --workdir (or the old value) to continue")
+    if saved["fingerprint"] != current["fingerprint"]:
+        raise ConfigError(
+            f"cannot resume from {where}: the data differ (data fingerprint {saved['fingerprint'][:12]}... "
+            f"there, {current['fingerprint'][:12]}... now, data.name={current['config']['data']['name']!r}); "
+            "use a new --workdir")
+
+
+class Checkpoints:
+    """`workdir/checkpoints` managed by an Orbax CheckpointManager (async, keeps the last N)."""
+
+    def __init__(self, workdir: str, meta: dict, max_to_keep: int = 3):
+        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.meta = meta
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, epoch: int, state: Any) -> None:
+        """Starts an async save of `state` at step `epoch` (returns once arrays are copied off device)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  meta=ocp.args.JsonSave({**self.meta, "epoch": int(epoch)}))
+        self.manager.save(int(epoch), args=args, force=True)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any | None, int]:
+        """(state, epoch) of the newest readable checkpoint whose meta matches; (None, 0) if none.
+
+        Raises ConfigError when the newest readable checkpoint was made with another config or data.
+        """
+        for step in reversed(self.all_steps()):
+            where = os.path.join(self.directory, str(step))
+            try:
+                saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, loudly
+                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", where, type(e).__name__, e)
+                continue
+            check_compatible(saved, self.meta, where)
+            try:
+                restored = self.manager.restore(
+                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+            except Exception as e:  # noqa: BLE001
+                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", where, type(e).__name__, e)
+                continue
+            return restored["state"], step
+        return None, 0
+
+    def restore_step(self, step: int, abstract_state: Any | None = None) -> tuple[Any, dict]:
+        """(state, meta) at `step`; without `abstract_state` the state comes back as saved (numpy)."""
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        state_args = ocp.args.StandardRestore(abstract_state) if abstract_state is not None else ocp.args.StandardRestore()
+        state = self.manager.restore(step, args=ocp.args.Composite(state=state_args))["state"]
+        return state, meta
+
+    def close(self) -> None:
+        """Waits for pending async saves, then releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class StopOnSignal:
+    """Context manager: SIGINT/SIGTERM set `requested` (the loop saves and stops at the next
+    evaluation); a second signal raises KeyboardInterrupt at once. No-op outside the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt(f"second signal {signum}")
+        log.warning("signal %d: saving a checkpoint after the current chunk of epochs, then stopping", signum)
+        self.requested = True
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+__all__ = ["Checkpoints", "StopOnSignal", "data_fingerprint", "run_meta", "check_compatible", "config_json",
+           "RESUME_MUTABLE"]

@@ -1,0 +1,38 @@
+"""Command line: `python -m nrc_jax.main --config=configs/mlp.py --workdir=DIR [--config.a.b=v ...]`.
+
+Re-running the same command resumes from the latest checkpoint in DIR. User errors (bad config,
+missing data, divergence) are printed without a traceback and exit with status 2.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
+    from nrc_jax.errors import UserError
+
+    try:
+        from nrc_jax import distributed  # multi-process start-up, before any JAX computation
+        distributed.maybe_initialize()
+        from nrc_jax import train
+
+        logging.info("workdir %s", _WORKDIR.value)
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,223 @@
+"""Flax (linen) regression networks that expose their last-layer features.
+
+Every model maps inputs (B, ...) to `(predictions (B, n), features (B, d), hidden)`, where
+`features` is the input of the linear head (`predictions = features @ W.T + b`, W = (n, d)) and
+`hidden` is a list of (B, d_i) per-layer features (for CNNs: each stage's output, globally
+average-pooled), the last entry being `features`. `head_params(params)` returns (W, b).
+
+Normalization in the ResNets (`norm`): "batch" (BatchNorm, running statistics in the
+`batch_stats` collection, used at evaluation), "group" (GroupNorm, 32 groups or fewer) or "none".
+Under data parallelism BatchNorm sees the whole global batch (XLA reduces over the sharded axis).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from nrc_jax.errors import ConfigError
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "relu": nn.relu, "gelu": nn.gelu, "tanh": jnp.tanh, "silu": nn.silu, "elu": nn.elu,
+    "identity": lambda x: x,
+}
+HEAD = "head"
+
+
+def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"model.activation={name!r}: allowed {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class MLP(nn.Module):
+    """Fully connected body + linear head.
+
+    Attributes:
+      widths: hidden widths; the last one is the feature dimension d.
+      out_dim: n, the target dimension.
+      activation: name in ACTIVATIONS.
+      feature_activation: apply the activation to the last hidden layer (the features). False is the
+        UFM-regularized setting of the paper (the ReLU before the features removed).
+      head_bias: whether the head has a bias b.
+    """
+
+    widths: Sequence[int]
+    out_dim: int
+    activation: str = "relu"
+    feature_activation: bool = True
+    head_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False):
+        act = _activation(self.activation)
+        h = x.reshape(x.shape[0], -1)
+        hidden = []
+        for i, width in enumerate(self.widths):
+            h = nn.Dense(width, name=f"dense_{i}")(h)
+            if i < len(self.widths) - 1 or self.feature_activation:
+                h = act(h)
+            hidden.append(h)
+        prediction = nn.Dense(self.out_dim, use_bias=self.head_bias, name=HEAD)(h)
+        return prediction, h, hidden
+
+
+def _norm_layer(norm: str, train: bool, name: str) -> Callable[[jax.Array], jax.Array]:
+    if norm == "batch":
+        return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+    if norm == "group":
+        return lambda x: nn.GroupNorm(num_groups=min(32, x.shape[-1]), name=name)(x)
+    if norm == "none":
+        return lambda x: x
+    raise ConfigError(f"model.norm={norm!r}: allowed 'batch', 'group', 'none'")
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs), projection shortcut when the shape changes."""
+
+    channels: int
+    strides: int
+    norm: str
+    activation: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        act = _activation(self.activation)
+        y = nn.Conv(self.channels, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
+        y = act(_norm_layer(self.norm, train, "norm1")(y))
+        y = nn.Conv(self.channels, (3, 3), 1, padding=1, use_bias=False, name="conv2")(y)
+        y = _norm_layer(self.norm, train, "norm2")(y)
+        if x.shape[-1] != self.channels or self.strides != 1:
+            x = nn.Conv(self.channels, (1, 1), self.strides, use_bias=False, name="shortcut")(x)
+            x = _norm_layer(self.norm, train, "norm_shortcut")(x)
+        return act(x + y)
+
+
+class ResNet(nn.Module):
+    """ResNet18/34-style network (NHWC inputs) with a linear regression head.
+
+    Attributes:
+      stage_sizes: blocks per stage, (2, 2, 2, 2) for ResNet18, (3, 4, 6, 3) for ResNet34.
+      width: channels of the first stage; stage i has width * 2**i channels.
+      feature_dim: d. 0 means the pooled last stage (8 * width, 512 for width 64, as in the
+        paper); otherwise a Dense(feature_dim) + activation after the pooling.
+      stem: "imagenet" (7x7/2 conv + 3x3/2 max-pool, for 224x224) or "cifar" (3x3/1 conv, small
+        images).
+    """
+
+    stage_sizes: Sequence[int]
+    out_dim: int
+    width: int = 64
+    feature_dim: int = 0
+    norm: str = "batch"
+    stem: str = "imagenet"
+    activation: str = "relu"
+    feature_activation: bool = True
+    head_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False):
+        act = _activation(self.activation)
+        if self.stem == "imagenet":
+            x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, name="stem_conv")(x)
+            x = act(_norm_layer(self.norm, train, "stem_norm")(x))
+            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+        elif self.stem == "cifar":
+            x = nn.Conv(self.width, (3, 3), 1, padding=1, use_bias=False, name="stem_conv")(x)
+            x = act(_norm_layer(self.norm, train, "stem_norm")(x))
+        else:
+            raise ConfigError(f"model.stem={self.stem!r}: allowed 'imagenet', 'cifar'")
+        hidden = []
+        for i, blocks in enumerate(self.stage_sizes):
+            for j in range(blocks):
+                strides = 2 if i > 0 and j == 0 else 1
+                x = BasicBlock(self.width * 2**i, strides, self.norm, self.activation,
+                               name=f"stage{i}_block{j}")(x, train)
+            hidden.append(jnp.mean(x, axis=(1, 2)))
+        h = hidden[-1]
+        if self.feature_dim:
+            h = nn.Dense(self.feature_dim, name="feature_dense")(h)
+            if self.feature_activation:
+                h = act(h)
+            hidden.append(h)
+        prediction = nn.Dense(self.out_dim, use_bias=self.head_bias, name=HEAD)(h)
+        return prediction, h, hidden
+
+
+class SmallCNN(nn.Module):
+    """A few conv layers (3x3, stride 2) + global average pool + Dense features, for quick runs."""
+
+    out_dim: int
+    channels: Sequence[int] = (16, 32, 64)
+    feature_dim: int = 64
+    activation: str = "relu"
+    feature_activation: bool = True
+    head_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False):
+        act = _activation(self.activation)
+        hidden = []
+        for i, c in enumerate(self.channels):
+            x = act(nn.Conv(c, (3, 3), 2, padding=1, name=f"conv_{i}")(x))
+            hidden.append(jnp.mean(x, axis=(1, 2)))
+        h = nn.Dense(self.feature_dim, name="feature_dense")(jnp.mean(x, axis=(1, 2)))
+        if self.feature_activation:
+            h = act(h)
+        hidden.append(h)
+        prediction = nn.Dense(self.out_dim, use_bias=self.head_bias, name=HEAD)(h)
+        return prediction, h, hidden
+
+
+ARCHS = ("mlp", "resnet18", "resnet34", "small_cnn")
+
+
+def get_model(model_config: ml_collections.ConfigDict, out_dim: int) -> nn.Module:
+    """Builds the model named by `model_config.arch` (one of ARCHS) with n = `out_dim` outputs."""
+    c = model_config
+    common = dict(out_dim=out_dim, activation=c.activation, feature_activation=c.feature_activation,
+                  head_bias=c.head_bias)
+    if c.arch == "mlp":
+        return MLP(widths=tuple(c.widths), **common)
+    if c.arch in ("resnet18", "resnet34"):
+        stages = (2, 2, 2, 2) if c.arch == "resnet18" else (3, 4, 6, 3)
+        return ResNet(stage_sizes=stages, width=c.width, feature_dim=c.feature_dim, norm=c.norm,
+                      stem=c.stem, **common)
+    if c.arch == "small_cnn":
+        return SmallCNN(channels=tuple(c.channels), feature_dim=c.feature_dim or 64, **common)
+    raise ConfigError(f"model.arch={c.arch!r}: allowed {ARCHS}")
+
+
+def default_model_config() -> ml_collections.ConfigDict:
+    """Every field `get_model` reads; the paper's MuJoCo MLP (3 x 256, ReLU, head with bias)."""
+    return ml_collections.ConfigDict({
+        "arch": "mlp",
+        "widths": (256, 256, 256),     # mlp
+        "activation": "relu",
+        "feature_activation": True,    # False: UFM-regularized networks (no ReLU before features)
+        "head_bias": True,
+        "width": 64,                   # resnet: first-stage channels
+        "feature_dim": 0,              # resnet: 0 = pooled last stage; small_cnn: 0 = 64
+        "norm": "batch",               # resnet: batch | group | none
+        "stem": "imagenet",            # resnet: imagenet | cifar
+        "channels": (16, 32, 64),      # small_cnn
+    })
+
+
+def head_params(params: Any) -> tuple[jax.Array, jax.Array]:
+    """(W (n, d), b (n,)) of the linear head; b is zeros when the head has no bias."""
+    head = params[HEAD]
+    w = head["kernel"].T
+    b = head.get("bias", jnp.zeros(w.shape[0], w.dtype))
+    return w, b
+
+
+def has_batch_norm(model_config: ml_collections.ConfigDict) -> bool:
+    return model_config.arch in ("resnet18", "resnet34") and model_config.norm == "batch"
+
+
+__all__ = ["MLP", "ResNet", "SmallCNN", "BasicBlock", "ARCHS", "get_model", "default_model_config",
+           "head_params", "has_batch_norm"]

@@ -1,0 +1,325 @@
+"""The functional core: state pytrees, the compiled scan over epochs, and the training driver.
+
+Layout. A run trains K >= 1 models at once (a sweep, `vmap` over the leading axis of every state
+leaf; K = 1 without a sweep). Devices form a 1-D `Mesh` axis 'data': minibatches and evaluation
+chunks are sharded over it, parameters and the (tabular) data set are replicated on every device,
+so each device gathers its own rows of a minibatch locally.
+
+Epochs. Each epoch shuffles on device with `permutation(fold_in(member_key, epoch))`, so shuffles
+depend only on (seed, epoch) and a resumed run repeats an uninterrupted one bit for bit. Like the
+paper's PyTorch DataLoader (drop_last=False), the last, partial minibatch is kept: it is padded
+with real rows that carry mask 0, so they count in no loss or statistic (BatchNorm statistics do
+see them). `train.drop_last=True` drops it instead.
+
+One compiled call `train_chunk(state, data, num_epochs)` runs `num_epochs` (a traced int, so every
+chunk length shares one compilation) epochs in a `fori_loop`, each epoch a `scan` over minibatches,
+then evaluates: sufficient statistics of the whole train and test sets (`metrics.FeatureStats`),
+turned into metrics in the same program. Only the metrics leave the device, once per evaluation.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from nrc_jax import checkpoints, metrics, models, optim, writers
+from nrc_jax.data import RegressionData, load_dataset
+from nrc_jax.errors import ConfigError, DivergenceError
+
+DATA_AXIS = "data"
+# Python-side trace counts of the compiled functions (tests assert nothing recompiles).
+TRACE_COUNTS: collections.Counter = collections.Counter()
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Every leaf has a leading sweep axis K."""
+
+    epoch: jax.Array        # (K,) int32, epochs completed
+    params: Any
+    model_state: Any        # {"batch_stats": ...} for BatchNorm models, else {}
+    opt_state: Any
+    hparams: optim.HParams  # (K,) each
+    rng: jax.Array          # (K, 2) uint32, the shuffling key of each member
+    pca_basis: jax.Array    # (K, d, max(n, evr_k)): warm start of NRC1's subspace iteration
+
+
+@flax.struct.dataclass
+class DeviceData:
+    """The data set on device, rows padded to a multiple of `eval_chunk` (padding has mask 0)."""
+
+    x_train: jax.Array
+    y_train: jax.Array
+    mask_train: jax.Array   # (M_pad,) float32
+    x_test: jax.Array
+    y_test: jax.Array
+    mask_test: jax.Array
+    sigma: jax.Array        # (n, n) covariance of the train targets (NRC3)
+    num_train: int = flax.struct.field(pytree_node=False)
+    eval_chunk: int = flax.struct.field(pytree_node=False)
+
+
+def make_mesh(num_devices: int = -1) -> Mesh:
+    """A 1-D mesh ('data',) over the first `num_devices` of `jax.devices()` (-1: all processes')."""
+    devices = jax.devices()
+    if num_devices == -1:
+        num_devices = len(devices)
+    if not 1 <= num_devices <= len(devices):
+        raise ConfigError(f"mesh.num_devices={num_devices}: allowed -1 (all) or 1..{len(devices)}")
+    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
+
+
+def put_data(data: RegressionData, mesh: Mesh, eval_chunk: int) -> DeviceData:
+    """Copies the data set to every device of `mesh` (each process passes the same full arrays)."""
+    chunk = _round_up(min(eval_chunk, max(len(data.x_train), len(data.x_test))), mesh.size)
+    replicated = NamedSharding(mesh, P())
+
+    def put(x: np.ndarray) -> jax.Array:
+        return jax.make_array_from_process_local_data(replicated, np.ascontiguousarray(x))
+
+    def padded(x: np.ndarray, y: np.ndarray):
+        pad = _round_up(len(x), chunk) - len(x)
+        mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
+        return (put(np.concatenate([x, np.repeat(x[:1], pad, 0)])),
+                put(np.concatenate([y, np.repeat(y[:1], pad, 0)])), put(mask))
+
+    sigma = np.asarray(metrics.target_stats(data.y_train)["sigma"], np.float32)
+    return DeviceData(*padded(data.x_train, data.y_train), *padded(data.x_test, data.y_test),
+                      sigma=put(sigma), num_train=len(data.x_train), eval_chunk=chunk)
+
+
+class Trainer:
+    """The compiled functions of one run (model, optimizer and mesh fixed by the config)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh: Mesh, input_shape: tuple[int, ...],
+                 out_dim: int):
+        self.config, self.mesh = config, mesh
+        self.input_shape, self.out_dim = tuple(input_shape), out_dim
+        self.model = models.get_model(config.model, out_dim)
+        self.tx = optim.direction(config.optim)
+        self.replicated = NamedSharding(mesh, P())
+        self.batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
+        self.init = jax.jit(self._init, out_shardings=self.replicated)
+        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
+        self.evaluate = jax.jit(self._evaluate)
+
+    # ----------------------------------------------------------------- model application
+    def _forward(self, params, model_state, x, train: bool):
+        """(predictions (B, n), features (B, d), hidden list, new model_state)."""
+        variables = {"params": params, **model_state}
+        x = x.astype(jnp.float32)
+        if train and model_state:
+            (pred, h, hidden), new_state = self.model.apply(variables, x, train=True, mutable=list(model_state))
+            return pred, h, hidden, new_state
+        pred, h, hidden = self.model.apply(variables, x, train=train)
+        return pred, h, hidden, model_state
+
+    def _shard(self, x: jax.Array) -> jax.Array:
+        return jax.lax.with_sharding_constraint(x, self.batch_sharding)
+
+    # ----------------------------------------------------------------- init
+    def _init(self, seeds: jax.Array, hparams: optim.HParams) -> TrainState:
+        def member(seed, hp):
+            init_key, shuffle_key = jax.random.split(jax.random.PRNGKey(seed))
+            variables = self.model.init(init_key, jnp.zeros((1,) + self.input_shape), train=False)
+            params = variables.pop("params")
+            model_state = dict(variables)
+            _, h, _, _ = self._forward(params, model_state, jnp.zeros((1,) + self.input_shape), False)
+            basis = metrics.pca_basis_init(h.shape[-1], self.out_dim, evr_k=self.config.metrics.evr_k)
+            return TrainState(epoch=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                              opt_state=self.tx.init(params), hparams=hp, rng=shuffle_key, pca_basis=basis)
+        return jax.vmap(member)(seeds, hparams)
+
+    def create_state(self, members: list[dict]) -> TrainState:
+        """The initial state of the K members (already replicated over the mesh)."""
+        seeds = jnp.asarray([m["seed"] for m in members], jnp.int32)
+        hp = optim.HParams(*(jnp.asarray([m[f] for m in members], jnp.float32) for f in optim.HParams._fields))
+        return self.init(seeds, hp)
+
+    def abstract_state(self, members: list[dict]) -> TrainState:
+        """Shapes, dtypes and shardings of `create_state(members)`, without computing it."""
+        seeds = jax.ShapeDtypeStruct((len(members),), jnp.int32)
+        hp = optim.HParams(*([jax.ShapeDtypeStruct((len(members),), jnp.float32)] * 4))
+        shapes = jax.eval_shape(self._init, seeds, hp)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+
+    # ----------------------------------------------------------------- training
+    def _epoch_batches(self, key: jax.Array, num_train: int) -> tuple[jax.Array, jax.Array]:
+        """Row indices (num_batches, B) and mask (num_batches, B) of one shuffled epoch."""
+        batch = self.config.train.batch_size
+        perm = jax.random.permutation(key, num_train)
+        if self.config.train.drop_last:
+            num_batches = max(num_train // batch, 1)
+            return perm[:num_batches * batch].reshape(num_batches, batch), jnp.ones((num_batches, batch))
+        num_batches = -(-num_train // batch)
+        pad = num_batches * batch - num_train
+        idx = jnp.concatenate([perm, perm[:pad]]) if pad else perm
+        mask = (jnp.arange(num_batches * batch) < num_train).astype(jnp.float32)
+        return idx.reshape(num_batches, batch), mask.reshape(num_batches, batch)
+
+    def _batch_loss(self, params, model_state, x, y, mask, hp):
+        pred, h, _, new_model_state = self._forward(params, model_state, x, True)
+        mse = optim.masked_mean(jnp.sum(jnp.square(pred - y), axis=-1), mask)
+        h_norm_sq = optim.masked_mean(jnp.sum(jnp.square(h), axis=-1), mask)
+        w, _ = models.head_params(params)
+        return 0.5 * mse + optim.regularization(params, w, h_norm_sq, hp, self.config.optim), new_model_state
+
+    def _member_epoch(self, state: TrainState, data: DeviceData) -> TrainState:
+        idx, mask = self._epoch_batches(jax.random.fold_in(state.rng, state.epoch), data.num_train)
+        factor = optim.lr_factor(state.epoch, self.config.optim, self.config.train.epochs)
+        grad_fn = jax.grad(self._batch_loss, has_aux=True)
+
+        def step(carry, batch):
+            params, model_state, opt_state = carry
+            rows, m = batch
+            x, y, m = self._shard(data.x_train[rows]), self._shard(data.y_train[rows]), self._shard(m)
+            grads, model_state = grad_fn(params, model_state, x, y, m, state.hparams)
+            params, opt_state = optim.apply_update(self.tx, grads, opt_state, params, state.hparams,
+                                                   factor, self.config.optim)
+            return (params, model_state, opt_state), None
+
+        carry = (state.params, state.model_state, state.opt_state)
+        (params, model_state, opt_state), _ = jax.lax.scan(step, carry, (idx, mask))
+        return state.replace(params=params, model_state=model_state, opt_state=opt_state, epoch=state.epoch + 1)
+
+    def _train_chunk(self, state: TrainState, data: DeviceData, num_epochs: jax.Array):
+        """`num_epochs` epochs of every member, then an evaluation: (new state, metrics (K, ...))."""
+        TRACE_COUNTS["train_chunk"] += 1
+        epoch = jax.vmap(self._member_epoch, in_axes=(0, None))
+        state = jax.lax.fori_loop(0, num_epochs, lambda _, s: epoch(s, data), state)
+        out = self._evaluate(state, data)
+        if self.config.metrics.pca_iters:
+            state = state.replace(pca_basis=out["pca_basis"])
+        return state, out
+
+    # ----------------------------------------------------------------- evaluation
+    def _features(self, params, model_state, x: jax.Array, chunk: int) -> tuple[jax.Array, jax.Array, list]:
+        """Predictions (M, n), features (M, d), hidden list over all rows of x, `chunk` rows at a time."""
+        def apply(xc):
+            pred, h, hidden, _ = self._forward(params, model_state, self._shard(xc), False)
+            return pred, h, hidden
+        chunks = x.reshape((-1, chunk) + x.shape[1:])
+        pred, h, hidden = jax.lax.map(apply, chunks)
+        flat = lambda a: a.reshape((-1,) + a.shape[2:])
+        return flat(pred), flat(h), [flat(a) for a in hidden]
+
+    def _member_metrics(self, state: TrainState, data: DeviceData) -> dict[str, jax.Array]:
+        c = self.config
+        w, _ = models.head_params(state.params)
+        hp = state.hparams
+        pred, h, _ = self._features(state.params, state.model_state, data.x_train, data.eval_chunk)
+        stats = metrics.feature_stats(h, data.y_train, pred, data.mask_train)
+        centered = metrics.centered_feature_stats(h, metrics.feature_mean(stats), data.mask_train)
+        gamma = hp.lambda_h * hp.lambda_w if c.optim.regularizer == "ufm" else None
+        pca_init = state.pca_basis if c.metrics.pca_iters else None
+        out = metrics.metrics_from_stats(stats, w, sigma=data.sigma, gamma=gamma, evr_k=c.metrics.evr_k,
+                                         centered=centered, pca_init=pca_init,
+                                         pca_iters=max(c.metrics.pca_iters, 1))
+        out = {("train_" + k if k in ("mse", "mse_per_dim", "r2", "r2_per_dim") else k): v for k, v in out.items()}
+        out["loss"] = 0.5 * out["train_mse"] + optim.regularization(state.params, w, out["h_norm_sq"], hp, c.optim)
+        pred, h, _ = self._features(state.params, state.model_state, data.x_test, data.eval_chunk)
+        test = metrics.metrics_from_stats(metrics.feature_stats(h, data.y_test, pred, data.mask_test), w,
+                                          sigma=data.sigma, gamma=jnp.zeros((), h.dtype), evr_k=1)
+        out.update({f"test_{k}": test[k] for k in ("mse", "mse_per_dim", "r2", "r2_per_dim")})
+        out["epoch"] = state.epoch
+        return out
+
+    def _evaluate(self, state: TrainState, data: DeviceData) -> dict[str, jax.Array]:
+        """Metrics of every member over the whole train and test sets: dict of (K, ...) arrays."""
+        TRACE_COUNTS["evaluate"] += 1
+        return jax.vmap(self._member_metrics, in_axes=(0, None))(state, data)
+
+    def features(self, state: TrainState, data: DeviceData, member: int, split: str = "train"):
+        """Host arrays of one member on a split: predictions (M, n), features (M, d), hidden list."""
+        one = jax.tree.map(lambda a: a[member], state)
+        x, mask = (data.x_train, data.mask_train) if split == "train" else (data.x_test, data.mask_test)
+        pred, h, hidden = jax.jit(self._features, static_argnums=3)(one.params, one.model_state, x, data.eval_chunk)
+        keep = np.asarray(mask) > 0
+        return np.asarray(pred)[keep], np.asarray(h)[keep], [np.asarray(a)[keep] for a in hidden]
+
+
+# --------------------------------------------------------------------- the driver
+def eval_epochs(start: int, config: ml_collections.ConfigDict) -> list[int]:
+    """The epochs after `start` at which the run evaluates: every eval_every, and the last."""
+    total, every = config.train.epochs, config.train.eval_every
+    return sorted({e for e in range(every, total + 1, every) if e > start} | ({total} if total > start else set()))
+
+
+def _check_finite(rows: list[dict], previous_epoch: int, ckpt: checkpoints.Checkpoints) -> None:
+    for row in rows:
+        bad = [k for k, v in row.items() if isinstance(v, float) and not np.isfinite(v)]
+        if bad:
+            last = ckpt.latest_step()
+            where = f"checkpoint of epoch {last} in {ckpt.directory}" if last is not None else "no checkpoint yet"
+            raise DivergenceError(
+                f"training diverged between epochs {previous_epoch} and {row['epoch']}: non-finite "
+                f"{', '.join(bad[:6])} for sweep member {row['sweep_index']} {row['sweep']}; last good "
+                f"state: {where}; metrics up to epoch {previous_epoch} are in metrics.jsonl")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains the configured run (resuming from `workdir` if it holds checkpoints) and returns the
+    final metrics row of each sweep member as {"members": [row, ...]} (plus the summary)."""
+    optim.check_optim_config(config.optim)
+    members = writers.sweep_members(config)
+    data = load_dataset(config.data)
+    mesh = make_mesh(config.mesh.num_devices)
+    if config.train.batch_size % mesh.size:
+        raise ConfigError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
+                          f"{mesh.size} devices of the mesh")
+    trainer = Trainer(config, mesh, data.input_shape, data.target_dim)
+    device_data = put_data(data, mesh, config.train.eval_chunk)
+    meta = checkpoints.run_meta(config, data, members)
+    ckpt = checkpoints.Checkpoints(workdir, meta, max_to_keep=config.train.max_to_keep)
+    # Resume precedence: the latest complete checkpoint in workdir/checkpoints (if its config and
+    # data fingerprint match; otherwise ConfigError) > a fresh start from config.seed / sweep seeds.
+    state, start = ckpt.restore_latest(trainer.abstract_state(members))
+    if state is None:
+        state, start = trainer.create_state(members), 0
+    log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0)
+    lambda_min = float(metrics.target_stats(data.y_train)["lambda_min"])
+    t0 = time.time()
+    rows = None
+    try:
+        if start == 0:
+            rows = writers.metric_rows(jax.device_get(trainer.evaluate(state, device_data)), members,
+                                       lambda_min, time.time() - t0)
+            _check_finite(rows, 0, ckpt)
+            log.write(rows)
+        previous = start
+        with checkpoints.StopOnSignal() as stop:
+            for epoch in eval_epochs(start, config):
+                state, out = trainer.train_chunk(state, device_data, jnp.asarray(epoch - previous, jnp.int32))
+                rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
+                _check_finite(rows, previous, ckpt)
+                log.write(rows)
+                previous = epoch
+                if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs or stop.requested:
+                    ckpt.save(epoch, state)
+                if stop.requested:
+                    raise KeyboardInterrupt(f"stopped by signal after epoch {epoch}; checkpoint saved")
+        if rows is None:  # resumed a finished run: nothing left to train
+            rows = writers.metric_rows(jax.device_get(trainer.evaluate(state, device_data)), members,
+                                       lambda_min, time.time() - t0)
+        weights = np.asarray(jax.device_get(jax.vmap(lambda p: models.head_params(p)[0])(state.params)))
+        summary = log.finish(weights, np.asarray(device_data.sigma), lambda_min,
+                             ufm=config.optim.regularizer == "ufm")
+    finally:
+        ckpt.close()
+        log.close()
+    return {"members": rows, "summary": summary}
+
+
+__all__ = ["TrainState", "DeviceData", "Trainer", "make_mesh", "put_data", "eval_epochs",
+           "train_and_evaluate", "TRACE_COUNTS", "load_dataset"]

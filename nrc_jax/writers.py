@@ -1,0 +1,237 @@
+"""Run outputs (written by process 0 only): config.json, metrics.jsonl, TensorBoard, summary.json,
+and the console progress bar. Also the sweep expansion, since every row carries its sweep values.
+
+metrics.jsonl holds one JSON object per evaluation and sweep member; each batch of rows is written
+whole, flushed and fsync'ed, so a kill leaves at most one torn last line, which `read_metrics`
+ignores. On resume the file is rewritten (atomically) without the rows beyond the restored epoch.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from nrc_jax import metrics
+from nrc_jax.errors import ConfigError
+
+SWEEP_FIELDS = ("seed", "lr", "weight_decay", "lambda_h", "lambda_w")
+METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
+
+
+# --------------------------------------------------------------------- sweeps
+def default_sweep_config() -> ml_collections.ConfigDict:
+    """Empty tuples: not swept. mode "product" (Cartesian, in SWEEP_FIELDS order) or "zip"."""
+    return ml_collections.ConfigDict({
+        "mode": "product", "seed": (), "lr": (), "weight_decay": (), "lambda_h": (), "lambda_w": ()})
+
+
+def sweep_members(config: ml_collections.ConfigDict) -> list[dict]:
+    """The K models of a run: [{"seed", "lr", "weight_decay", "lambda_h", "lambda_w", "sweep"}].
+
+    Unswept fields take config.seed / config.optim.*; "sweep" holds only the swept ones.
+    """
+    base = {"seed": int(config.seed), "lr": float(config.optim.lr),
+            "weight_decay": float(config.optim.weight_decay), "lambda_h": float(config.optim.lambda_h),
+            "lambda_w": float(config.optim.lambda_w)}
+    swept = {f: tuple(config.sweep[f]) for f in SWEEP_FIELDS if len(config.sweep[f])}
+    if config.sweep.mode == "product":
+        combos = [dict(zip(swept, values)) for values in itertools.product(*swept.values())]
+    elif config.sweep.mode == "zip":
+        lengths = {f: len(v) for f, v in swept.items()}
+        if len(set(lengths.values())) > 1:
+            raise ConfigError(f"sweep.mode='zip' needs sweep tuples of one length, got {lengths}")
+        combos = [dict(zip(swept, values)) for values in zip(*swept.values())] or [{}]
+    else:
+        raise ConfigError(f"sweep.mode={config.sweep.mode!r}: allowed 'product', 'zip'")
+    members = []
+    for combo in combos:
+        combo = {f: (int(v) if f == "seed" else float(v)) for f, v in combo.items()}
+        members.append({**base, **combo, "sweep": combo})
+    return members
+
+
+# --------------------------------------------------------------------- rows
+def _plain(x: Any) -> Any:
+    a = np.asarray(x)
+    return a.item() if a.ndim == 0 else a.tolist()
+
+
+def metric_rows(out: dict, members: list[dict], lambda_min: float, time_s: float) -> list[dict]:
+    """One row per sweep member from the host copy of `Trainer.evaluate`'s (K, ...) arrays."""
+    rows = []
+    for k, member in enumerate(members):
+        row = {"epoch": int(out["epoch"][k]), "sweep_index": k, "sweep": member["sweep"]}
+        row.update({key: _plain(v[k]) for key, v in sorted(out.items()) if key not in ("epoch", "pca_basis")})
+        row["lambda_min"] = lambda_min
+        row["time_s"] = round(time_s, 3)
+        rows.append(row)
+    return rows
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    """Every complete row of workdir/metrics.jsonl (a torn last line is skipped)."""
+    path = os.path.join(workdir, METRICS_FILE)
+    rows = []
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    return rows
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_lines_atomic(path: str, rows: list[dict]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _scalars(row: dict) -> dict[str, float]:
+    """TensorBoard scalars of a row: numbers, and list entries as name/i (or name/i_j)."""
+    out = {}
+    for key, value in row.items():
+        if key in ("epoch", "sweep_index", "sweep"):
+            continue
+        a = np.asarray(value, dtype=float)
+        if a.ndim == 0:
+            out[key] = float(a)
+        else:
+            for idx in np.ndindex(a.shape):
+                out[f"{key}/{'_'.join(map(str, idx))}"] = float(a[idx])
+    return out
+
+
+def member_label(member: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in member["sweep"].items()) or "run"
+
+
+# --------------------------------------------------------------------- the writer
+class RunWriter:
+    """All file outputs of a run; a no-op on processes other than 0 (`enabled=False`)."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, members: list[dict], *,
+                 resume_epoch: int = 0, enabled: bool = True):
+        self.workdir, self.members, self.enabled = workdir, members, enabled
+        self.config = config
+        self._tb, self._bar, self._file = [], None, None
+        if not enabled:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        write_json_atomic(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+        kept = [r for r in read_metrics(workdir) if r["epoch"] <= resume_epoch] if resume_epoch else []
+        path = os.path.join(workdir, METRICS_FILE)
+        _write_lines_atomic(path, kept)
+        self._file = open(path, "a")
+        self._tb = _tensorboard_writers(workdir, members, resume_epoch)
+        if config.train.progress_bar:
+            self._bar = _progress_bar(config.train.epochs, resume_epoch)
+
+    def write(self, rows: list[dict]) -> None:
+        """Appends the rows of one evaluation (all members) and logs them to TensorBoard."""
+        if not self.enabled:
+            return
+        self._file.write("".join(json.dumps(r) + "\n" for r in rows))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        for row, tb in zip(rows, self._tb):
+            for tag, value in _scalars(row).items():
+                tb.add_scalar(tag, value, global_step=row["epoch"])
+            tb.flush()
+        if self._bar is not None:
+            first = rows[0]
+            self._bar.update(first["epoch"] - self._bar.n)
+            self._bar.set_postfix(train_mse=f"{first['train_mse']:.4g}", nrc1=f"{first['nrc1']:.3g}",
+                                  nrc2=f"{first['nrc2']:.3g}", refresh=False)
+
+    def finish(self, weights: np.ndarray, sigma: np.ndarray, lambda_min: float, *, ufm: bool) -> dict | None:
+        """Writes summary.json from the final head weights (K, n, d) and the logged rows."""
+        if not self.enabled:
+            return None
+        rows = read_metrics(self.workdir)
+        summary = {"members": [member_summary(k, weights[k], sigma, lambda_min, member,
+                                              [r for r in rows if r["sweep_index"] == k], ufm=ufm)
+                               for k, member in enumerate(self.members)]}
+        write_json_atomic(os.path.join(self.workdir, SUMMARY_FILE), summary)
+        return summary
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        for tb in self._tb:
+            tb.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _tensorboard_writers(workdir: str, members: list[dict], resume_epoch: int) -> list:
+    from tensorboardX import SummaryWriter  # TensorBoard event files without TensorFlow
+
+    purge = {"purge_step": resume_epoch + 1} if resume_epoch else {}
+    return [SummaryWriter(os.path.join(workdir, "tensorboard", member_label(m)), **purge) for m in members]
+
+
+def _progress_bar(total: int, initial: int):
+    import tqdm
+
+    return tqdm.tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, mininterval=1.0)
+
+
+# --------------------------------------------------------------------- summary
+def _psd_root(wwt: np.ndarray) -> np.ndarray:
+    """An (n, n) matrix R with R R^T = wwt (NRC3 depends on W only through W W^T)."""
+    values, vectors = np.linalg.eigh(0.5 * (wwt + wwt.T))
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def member_summary(index: int, weights: np.ndarray, sigma: np.ndarray, lambda_min: float, member: dict,
+                   rows: list[dict], *, ufm: bool) -> dict:
+    """NRC3-vs-gamma at the final W (n, d); the best gamma (UFM-regularized: lambda_H * lambda_W,
+    not searched); NRC3 of every logged epoch recomputed at that gamma from the logged W W^T."""
+    gammas, curve = metrics.nrc3_curve(weights, sigma)
+    if ufm:
+        gamma = member["lambda_h"] * member["lambda_w"]
+        value = float(metrics.nrc3(weights, sigma, gamma))
+    else:
+        gamma, value = (float(v) for v in metrics.best_gamma(weights, sigma))
+    if rows:
+        roots = jnp.asarray(np.stack([_psd_root(np.asarray(r["wwt"], float)) for r in rows]), jnp.float32)
+        over_epochs = jax.vmap(metrics.nrc3, in_axes=(0, None, None))(roots, jnp.asarray(sigma, jnp.float32),
+                                                                         jnp.asarray(gamma, jnp.float32))
+    else:
+        over_epochs = []
+    return {
+        "sweep_index": index,
+        "sweep": member["sweep"],
+        "gammas": np.asarray(gammas).tolist(),
+        "nrc3_curve": np.asarray(curve).tolist(),
+        "best_gamma": float(gamma),
+        "best_gamma_over_lambda_min": float(gamma) / lambda_min if lambda_min > 0 else None,
+        "best_nrc3": value,
+        "epochs": [r["epoch"] for r in rows],
+        "nrc3_over_epochs": np.asarray(over_epochs).tolist(),
+        "final": rows[-1] if rows else None,
+    }
+
+
+__all__ = ["sweep_members", "default_sweep_config", "metric_rows", "read_metrics", "RunWriter",
+           "member_summary", "write_json_atomic", "SWEEP_FIELDS"]
