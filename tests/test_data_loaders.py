@@ -501,8 +501,10 @@ def test_batches_cover_epoch_and_match_without_prefetch():
     y = np.arange(23, dtype=np.float32)[:, None]
     with_thread = list(batches.iterate_batches(x, y, 5, seed=1, epoch=2, drop_remainder=False))
     inline = list(batches.iterate_batches(x, y, 5, seed=1, epoch=2, drop_remainder=False, prefetch=0))
-    assert len(with_thread) == batches.num_batches(23, 5, False) == 5
-    for (xa, ya), (xb, yb) in zip(with_thread, inline):
+    parallel = list(batches.iterate_batches(x, y, 5, seed=1, epoch=2, drop_remainder=False, num_workers=3))
+    assert len(with_thread) == len(parallel) == batches.num_batches(23, 5, False) == 5
+    for (xa, ya), (xb, yb), (xc, _) in zip(with_thread, inline, parallel):
+        np.testing.assert_array_equal(xc, xb)
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(xa[:, 0], ya[:, 0])
@@ -547,7 +549,7 @@ def test_batches_errors_reach_the_caller_and_threads_stop():
     with pytest.raises(DataError, match="'toy'.*nan/inf, first in batch row 1"):
         list(batches.iterate_batches(FailingSource(nan_row=6), y, 5, shuffle=False, name="toy"))
     before = threading.active_count()
-    stream = batches.iterate_batches(np.zeros((100, 1)), np.zeros((100, 1)), 2, prefetch=1)
+    stream = batches.iterate_batches(np.zeros((100, 1)), np.zeros((100, 1)), 2, prefetch=1, num_workers=2)
     next(stream)
     stream.close()
     assert threading.active_count() == before

@@ -1,4 +1,4 @@
-"""Host-side batch streaming with a prefetch thread, for image sets too large for device memory.
+"""Host-side batch streaming with prefetch threads, for image sets too large for device memory.
 
 Tabular sets are small: put them on the devices whole (`jax.device_put(x, sharding)`). Image sets
 (`RegressionData.streamed`, inputs are an `ArraySource`) are read batch by batch:
@@ -7,29 +7,21 @@ Tabular sets are small: put them on the devices whole (`jax.device_put(x, shardi
                                 to_device=lambda b: jax.device_put(b, sharding)):
         state, metrics = train_step(state, x, y)
 
-A background thread reads (decodes, resizes, normalizes) and optionally places the next `prefetch`
-batches while the accelerator works on the current one. Multi-host: every process walks the same
+Background threads (`num_workers`) read (decode, resize, normalize) and optionally place the next
+`prefetch` batches while the accelerator works on the current one. Multi-host: every process walks the same
 seeded permutation and keeps its own contiguous `batch_size // process_count` rows of each global
 batch (use `jax.make_array_from_process_local_data` in `to_device`).
 """
 from __future__ import annotations
 
-import queue
-import threading
+import collections
+import concurrent.futures
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from nrc_jax.data.base import check_finite_batch, is_streamed
 from nrc_jax.errors import ConfigError
-
-_DONE = object()
-
-
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
-
 
 def num_batches(num_samples: int, batch_size: int, drop_remainder: bool = True) -> int:
     """Batches per epoch over `num_samples` rows."""
@@ -66,63 +58,46 @@ def _read(x: Any, y: np.ndarray, idx: np.ndarray, name: str) -> tuple[np.ndarray
 
 
 def iterate_batches(x: Any, y: np.ndarray, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
-                    drop_remainder: bool = True, prefetch: int = 2, process_index: int = 0, process_count: int = 1,
-                    to_device: Callable[[Any], Any] | None = None, name: str = "data") -> Iterator[tuple[Any, Any]]:
-    """Yields (x_batch (B, ...), y_batch (B, n)) for one epoch, read ahead on a background thread.
+                    drop_remainder: bool = True, prefetch: int = 2, num_workers: int = 1, process_index: int = 0,
+                    process_count: int = 1, to_device: Callable[[Any], Any] | None = None,
+                    name: str = "data") -> Iterator[tuple[Any, Any]]:
+    """Yields (x_batch (B, ...), y_batch (B, n)) for one epoch, read ahead on background threads.
 
     Args:
       x: (M, ...) numpy array or `ArraySource`; y: (M, n) numpy targets.
       batch_size: the global batch size (each process yields batch_size // process_count rows).
       prefetch: batches read ahead (0 reads in the calling thread, no thread).
+      num_workers: threads reading batches in parallel (decoding and resizing release the GIL);
+        batches are still yielded in order.
       to_device: applied to each (x_batch, y_batch) pair on the reader thread, e.g. a sharded
         `jax.device_put`, so host-to-device copies overlap compute too.
       name: the data set name used in error messages.
-    Errors raised while reading are re-raised in the caller. Closing the generator early stops the
-    thread.
+    Errors raised while reading are re-raised in the caller, in batch order. Closing the generator
+    early cancels the batches not yet started and waits for the running ones.
     """
     if len(x) != y.shape[0]:
         raise ConfigError(f"data set {name!r}: inputs have {len(x)} rows, targets {y.shape[0]}")
+    if num_workers < 1 or prefetch < 0:
+        raise ConfigError(f"num_workers must be >= 1 and prefetch >= 0, got {num_workers} and {prefetch}")
     indices = batch_indices(len(x), batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
                             drop_remainder=drop_remainder, process_index=process_index, process_count=process_count)
     place = to_device or (lambda batch: batch)
-    if prefetch <= 0:
+    load = lambda idx: place(_read(x, y, idx, name))
+    if prefetch == 0:
         for idx in indices:
-            yield place(_read(x, y, idx, name))
+            yield load(idx)
         return
-    ready: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for idx in indices:
-                item = place(_read(x, y, idx, name))
-                while not stop.is_set():
-                    try:
-                        ready.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            ready.put(_DONE)
-        except BaseException as e:  # pylint: disable=broad-except  # re-raised in the consumer
-            ready.put(_Failure(e))
-
-    thread = threading.Thread(target=produce, name="nrc-prefetch", daemon=True)
-    thread.start()
+    in_flight_limit = max(prefetch, num_workers)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=num_workers, thread_name_prefix="nrc-prefetch")
+    pending: collections.deque = collections.deque()
     try:
-        while True:
-            item = ready.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
+        for idx in indices:
+            pending.append(pool.submit(load, idx))
+            if len(pending) > in_flight_limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                ready.get_nowait()
-            except queue.Empty:
-                pass
-            thread.join(timeout=0.05)
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
