@@ -116,6 +116,21 @@ def test_npz_and_table1_row(tmp_path):
     np.testing.assert_allclose(row["target_correlation"], [corr[0, 1], corr[0, 2], corr[1, 2]], rtol=1e-5)
 
 
+def test_table1_row_matches_metrics_target_stats(correlated_targets):
+    metrics = pytest.importorskip("nrc_jax.metrics")
+    if not hasattr(metrics, "target_stats"):
+        pytest.skip("nrc_jax.metrics.target_stats not written yet")
+    y = correlated_targets
+    data = RegressionData("toy", np.zeros((len(y), 1)), y, np.zeros((2, 1)), y[:2])
+    row = table1_row(data)
+    with jax.enable_x64(True):
+        stats = metrics.target_stats(jnp.asarray(y))
+        np.testing.assert_allclose([row["lambda_min"], row["lambda_max"]],
+                                   [float(stats["lambda_min"]), float(stats["lambda_max"])], rtol=1e-10)
+        corr = np.asarray(stats["correlation"])
+    np.testing.assert_allclose(row["target_correlation"], [corr[0, 1], corr[0, 2], corr[1, 2]], rtol=1e-10)
+
+
 @pytest.mark.parametrize("bad", ["nan_x", "inf_y", "rows", "missing_key", "not_npz"])
 def test_npz_bad_input(tmp_path, bad):
     path = tmp_path / "bad.npz"
