@@ -97,8 +97,9 @@ def check_arrays(name: str, source: str, x: np.ndarray, y: np.ndarray, split: st
         raise DataError(
             f"data set {name!r} ({source}): {split} inputs have {x.shape[0]} rows but targets have "
             f"{y.shape[0]} rows; x and y need the same number of rows")
-    if not np.issubdtype(y.dtype, np.number):
-        raise DataError(f"data set {name!r} ({source}): {split} targets have dtype {y.dtype}; expected numbers")
+    for label, dtype in (("inputs", x.dtype), ("targets", y.dtype)):
+        if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+            raise DataError(f"data set {name!r} ({source}): {split} {label} have dtype {dtype}; expected numbers")
     if x.shape[0] == 0:
         raise DataError(f"data set {name!r} ({source}): {split} split has 0 rows")
     checked = (("targets", y),) if is_streamed(x) else (("inputs", x), ("targets", y))
@@ -116,12 +117,12 @@ def check_arrays(name: str, source: str, x: np.ndarray, y: np.ndarray, split: st
     return x, y.astype(np.float32)
 
 
-def check_finite_batch(name: str, source: str, x: np.ndarray, first_index: int = 0) -> np.ndarray:
+def check_finite_batch(name: str, source: str, x: np.ndarray) -> np.ndarray:
     """Non-finite check for one streamed batch of inputs (lazy sources are checked as they are read)."""
     bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
     if bad.any():
         raise DataError(f"data set {name!r} ({source}): inputs contain nan/inf, first in batch row "
-                        f"{int(np.flatnonzero(bad)[0]) + first_index}")
+                        f"{int(np.flatnonzero(bad)[0])}")
     return x
 
 
