@@ -9,6 +9,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -16,7 +17,8 @@ from nrc_jax.plotting.groups import (SHORT_NAMES, Group, SweepValue, format_valu
                                      pooled_series, setting)
 from nrc_jax.plotting.workdir import DATA_BLOCK_KEYS, ROW_KEYS, SUMMARY_KEYS, Member, as_float_array
 
-PANEL_W, PANEL_H = 3.3, 2.9
+PANEL_W, PANEL_H = 3.3, 3.1
+LAYER_W, LAYER_H = 2.3, 1.6
 BAND_ALPHA = 0.2
 TRAIN_STYLE, TEST_STYLE = "-", "--"
 
@@ -54,8 +56,10 @@ def set_epoch_axis(ax, epochs: np.ndarray) -> None:
 
 
 def set_log_y(ax, *arrays: np.ndarray) -> None:
-    """Log y when some value is positive (non-positive values are masked, never clipped to fake data)."""
-    if any(np.any(np.asarray(a) > 0) for a in arrays):
+    """Log y when the positive values span a decade or more (non-positive values are masked, not clipped)."""
+    values = np.concatenate([np.ravel(np.asarray(a, dtype=np.float64)) for a in arrays])
+    positive = values[np.isfinite(values) & (values > 0)]
+    if positive.size and positive.max() >= 10 * positive.min():
         ax.set_yscale("log", nonpositive="mask")
 
 
@@ -351,40 +355,43 @@ def layer_matrix(members: Sequence[Member], key: str) -> tuple[np.ndarray, np.nd
 
 
 def layers_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Figure | None:
-    """Heat maps (layer x epoch) of every per-layer key: a row per sweep value, a column per key."""
+    """Heat maps (layer x epoch) of every per-layer key: a row per key (shared colour scale), a column per sweep value."""
     keys = layer_keys(group)
     if not keys:
         return None
-    from matplotlib.colors import LogNorm, Normalize
-
     data = {(v.label, k): layer_matrix(v.members, k) for v in group.values for k in keys}
-    fig, axes = new_figure(len(group.values), len(keys), extra_width=0.6)
-    for col, key in enumerate(keys):
+    cols = len(group.values)
+    fig = Figure(figsize=(cols * LAYER_W + 1.2, len(keys) * LAYER_H + 0.6), layout="constrained")
+    axes = fig.subplots(len(keys), cols, squeeze=False)
+    for row, key in enumerate(keys):
         finite = [d[1][np.isfinite(d[1])] for (label, k), d in data.items() if k == key and d is not None]
         finite = np.concatenate(finite) if finite else np.zeros(0)
         if finite.size == 0:
             notes.append(f"layers_{group.slug}: '{key}' has no finite values")
-            for ax in axes[:, col]:
+            for ax in axes[row]:
                 note_on_axes(ax, f"{key}: no finite values")
             continue
-        use_log = key in LAYER_LOG_KEYS and (finite > 0).all()
+        use_log = key in LAYER_LOG_KEYS and (finite > 0).all() and finite.max() > 10 * finite.min()
         norm = LogNorm(finite.min(), finite.max()) if use_log else Normalize(finite.min(), finite.max())
-        mesh = None
-        for row, value in enumerate(group.values):
+        image = None
+        for col, value in enumerate(group.values):
             ax = axes[row, col]
             entry = data[(value.label, key)]
             if entry is None:
                 note_on_axes(ax, "no per-layer rows")
                 continue
             epochs, matrix = entry
-            mesh = ax.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
-            ticks = np.unique(np.linspace(0, len(epochs) - 1, min(5, len(epochs))).round().astype(int))
+            image = ax.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
+            ticks = np.unique(np.linspace(0, len(epochs) - 1, min(4, len(epochs))).round().astype(int))
             ax.set_xticks(ticks, [format_value(float(epochs[t])) for t in ticks], fontsize=7)
             ax.set_yticks(np.arange(matrix.shape[0]), [str(i + 1) for i in range(matrix.shape[0])], fontsize=7)
-            ax.set_ylabel("hidden layer", fontsize=8)
-            ax.set_xlabel("epoch (evaluations)", fontsize=8)
-            ax.set_title(f"{key}\n{value.label}", fontsize=9, color=colours[value.label])
-        if mesh is not None:
-            fig.colorbar(mesh, ax=list(axes[:, col]), shrink=0.8, label=key)
+            if row == 0:
+                ax.set_title(value.label, fontsize=10, color=colours[value.label])
+            if row == len(keys) - 1:
+                ax.set_xlabel("epoch (evaluations)", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(f"{key}\nhidden layer", fontsize=8)
+        if image is not None:
+            fig.colorbar(image, ax=list(axes[row]), label=key, aspect=12, pad=0.01)
     fig.suptitle(f"{group.title}: per-layer metrics (layer 1 = first hidden layer)", fontsize=11)
     return fig

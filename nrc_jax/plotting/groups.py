@@ -54,9 +54,13 @@ class Group:
 
     @property
     def title(self) -> str:
-        mode = "UFM-regularized (λH, λW on last layer)" if self.ufm else "weight decay"
+        mode = "UFM-regularized" if self.ufm else "weight decay"
         seeds = max(v.seeds for v in self.values)
-        return f"{self.dataset}: {mode}, {len(self.values)} setting(s), {seeds} seed(s) each"
+        seed_text = f"{seeds} seed{'s' if seeds > 1 else ''}"
+        if len(self.values) == 1:
+            return f"{self.dataset} ({mode}, {self.values[0].label}, {seed_text})"
+        names = ", ".join(SHORT_NAMES.get(k, k) for k in self.varied)
+        return f"{self.dataset} ({mode}): {names} in {len(self.values)} values × {seed_text}"
 
 
 def format_value(value: Any) -> str:

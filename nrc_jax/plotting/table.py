@@ -36,8 +36,8 @@ def data_block_from_loader(name: str) -> dict[str, Any]:
     else:
         config.name = name
     data = load_dataset(config)
-    block = {"name": name if config.name == "npz" else data.name, "train_size": int(data.x_train.shape[0]),
-             "test_size": int(data.x_test.shape[0]), "input_shape": list(data.input_shape)}
+    block = {"name": name if config.name == "npz" else data.name, "train_size": int(data.y_train.shape[0]),
+             "test_size": int(data.y_test.shape[0]), "input_shape": list(data.input_shape)}
     block.update(target_statistics(data.y_train))
     return block
 
