@@ -169,12 +169,6 @@ def _residual_mean(moment_sum: Array, count: Array, basis: Array, keep: Array | 
     return jnp.maximum(jnp.trace(moment_sum) - _captured(moment_sum, basis, keep), 0.0) / count
 
 
-def _sqrt_psd(sigma: Array) -> Array:
-    """PSD square root via eigh; tiny negative eigenvalues (rounding) are clipped to 0."""
-    values, vectors = jnp.linalg.eigh(_symmetrize(sigma))
-    return _dot(vectors * jnp.sqrt(jnp.clip(values, 0.0, None))[None, :], vectors.T)
-
-
 def _unit(m: Array) -> Array:
     """m / ||m||_F, and the zero matrix for m = 0."""
     norm = jnp.linalg.norm(m)
@@ -306,17 +300,29 @@ def nrc2(features: ArrayLike, weights: ArrayLike, *, variant: str = "paper") -> 
     return _nrc2_impl(h, w.astype(h.dtype), _check_variant(variant))
 
 
-def _nrc3_from_root(wwt_unit: Array, root: Array, gamma: Array) -> Array:
-    n = root.shape[0]
-    a_gamma = root - jnp.sqrt(gamma) * jnp.eye(n, dtype=root.dtype)
-    return jnp.sum((wwt_unit - _unit(a_gamma)) ** 2)
+def _nrc3_values(w: Array, sigma: Array, gammas: Array) -> Array:
+    """NRC3 at each gamma in `gammas` (k,) -> (k,); zeros for n = 1.
+
+    Evaluated in the eigenbasis V of Sigma (eigh): there A_gamma = diag(sqrt(lambda) - sqrt(gamma))
+    (tiny negative eigenvalues clipped to 0), and the Frobenius norm is unchanged by the rotation,
+    so the whole grid costs one n x n eigh.
+    """
+    if w.shape[0] == 1:
+        return jnp.zeros_like(gammas)
+    values, vectors = jnp.linalg.eigh(_symmetrize(sigma))
+    roots = jnp.sqrt(jnp.clip(values, 0.0, None))
+    rotated = _dot(vectors.T, _dot(_unit(_dot(w, w.T)), vectors))
+    diagonal = jnp.diagonal(rotated)
+    off_diagonal = jnp.sum(jnp.where(jnp.eye(w.shape[0], dtype=bool), 0.0, rotated**2))
+    a_gamma = roots[None, :] - jnp.sqrt(gammas)[:, None]
+    norms = jnp.linalg.norm(a_gamma, axis=1, keepdims=True)
+    a_unit = jnp.where(norms > 0, a_gamma / jnp.where(norms > 0, norms, 1.0), 0.0)
+    return off_diagonal + jnp.sum((diagonal[None, :] - a_unit) ** 2, axis=1)
 
 
 @jax.jit
 def _nrc3_impl(w: Array, sigma: Array, gamma: Array) -> Array:
-    if w.shape[0] == 1:
-        return jnp.zeros((), w.dtype)
-    return _nrc3_from_root(_unit(_dot(w, w.T)), _sqrt_psd(sigma), jnp.asarray(gamma, w.dtype))
+    return _nrc3_values(w, sigma, jnp.reshape(jnp.asarray(gamma, w.dtype), (1,)))[0]
 
 
 def nrc3(weights: ArrayLike, sigma: ArrayLike, gamma: ArrayLike) -> Array:
@@ -334,10 +340,7 @@ def nrc3(weights: ArrayLike, sigma: ArrayLike, gamma: ArrayLike) -> Array:
 def _nrc3_curve_impl(w: Array, sigma: Array, num: int) -> tuple[Array, Array]:
     lambda_min = jnp.maximum(jnp.linalg.eigvalsh(_symmetrize(sigma))[0], 0.0)
     gammas = jnp.linspace(0.0, lambda_min, num, endpoint=False, dtype=w.dtype)
-    if w.shape[0] == 1:
-        return gammas, jnp.zeros_like(gammas)
-    wwt_unit, root = _unit(_dot(w, w.T)), _sqrt_psd(sigma)
-    return gammas, jax.vmap(lambda g: _nrc3_from_root(wwt_unit, root, g))(gammas)
+    return gammas, _nrc3_values(w, sigma, gammas)
 
 
 def nrc3_curve(weights: ArrayLike, sigma: ArrayLike, num: int = 1000) -> tuple[Array, Array]:
@@ -362,8 +365,7 @@ def _best_gamma_impl(w: Array, sigma: Array, num: int, refine: bool) -> tuple[Ar
         step = gammas[1] - gammas[0] if num > 1 else gammas[0]
         fine = jnp.linspace(jnp.maximum(gamma - step, 0.0), gamma + step, num, endpoint=False)
         fine = jnp.minimum(fine, gammas[-1] + step * (1 - 1e-6)).astype(w.dtype)
-        wwt_unit, root = _unit(_dot(w, w.T)), _sqrt_psd(sigma)
-        fine_values = jax.vmap(lambda g: _nrc3_from_root(wwt_unit, root, g))(fine)
+        fine_values = _nrc3_values(w, sigma, fine)
         fine_best = jnp.argmin(fine_values)
         better = fine_values[fine_best] < value
         gamma = jnp.where(better, fine[fine_best], gamma)
