@@ -1,0 +1,96 @@
+"""The PyTorch reference loop of benchmarks/ runs, and its NRC numbers agree with nrc_jax.metrics.
+
+The benchmark's ratios are only meaningful if the reference computes the same metrics: checked here
+on the same features, against nrc_jax.metrics and the float64 numpy oracle.
+"""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sklearn")
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import torch_reference  # noqa: E402
+
+import reference_numpy  # noqa: E402
+from nrc_jax import metrics  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch/BLAS thread: on a shared 2-core machine spinning OpenMP threads cost far more than they give."""
+    from threadpoolctl import threadpool_limits
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):
+        yield
+    torch.set_num_threads(threads)
+
+
+def _relu_features(m: int, d: int, seed: int) -> np.ndarray:
+    """Non-negative, non-centered features (M, d) like a ReLU layer's, with a few dominant directions."""
+    rng = np.random.default_rng(seed)
+    latent = rng.standard_normal((m, 4)) * np.array([3.0, 2.0, 1.0, 0.5])
+    h = latent @ rng.standard_normal((4, d)) + 0.3 * rng.standard_normal((m, d))
+    return np.maximum(h, 0.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_reference_nrc_matches_nrc_jax_and_oracle(n):
+    rng = np.random.default_rng(n)
+    h = _relu_features(600, 32, seed=n)
+    w = rng.standard_normal((n, 32)).astype(np.float32)
+    y = rng.standard_normal((600, n)).astype(np.float32) @ rng.standard_normal((n, n)).astype(np.float32)
+    sigma_sqrt, lambda_min = torch_reference.target_sigma_sqrt(y)
+    ref = torch_reference.nrc_from_features(h, w, sigma_sqrt, lambda_min)
+
+    sigma = np.cov(y, rowvar=False, bias=True)
+    stats = metrics.feature_stats(h, y, y)
+    ours = metrics.metrics_from_stats(stats, w, sigma=sigma.astype(np.float32))
+    gamma, value = reference_numpy.best_gamma(w, sigma)
+
+    assert ref["nrc1"] == pytest.approx(float(ours["nrc1"]), rel=1e-4, abs=1e-6)
+    assert ref["nrc2"] == pytest.approx(float(ours["nrc2"]), rel=1e-4, abs=1e-6)
+    assert ref["nrc3"] == pytest.approx(float(ours["nrc3"]), rel=1e-3, abs=1e-6)
+    assert ref["nrc1"] == pytest.approx(reference_numpy.nrc1(h, n), rel=1e-4, abs=1e-6)
+    assert ref["nrc2"] == pytest.approx(reference_numpy.nrc2(h, w), rel=1e-4, abs=1e-6)
+    assert ref["nrc3"] == pytest.approx(value, rel=1e-3, abs=1e-6)
+    assert ref["nrc3_gamma"] == pytest.approx(gamma, rel=1e-3, abs=1e-3 * lambda_min)
+
+
+def test_gram_schmidt_spans_the_row_space_and_drops_dependent_rows():
+    rows = torch.tensor([[1.0, 2.0, 0.0, 1.0], [2.0, 4.0, 0.0, 2.0], [0.0, 1.0, 1.0, 0.0]])
+    basis = torch_reference.gram_schmidt(rows)
+    assert basis.shape == (2, 4)
+    np.testing.assert_allclose((basis @ basis.T).numpy(), np.eye(2), atol=1e-6)
+    projector = basis.T @ basis
+    np.testing.assert_allclose((rows @ projector).numpy(), rows.numpy(), atol=1e-5)
+
+
+def test_reference_loop_trains_and_evaluates():
+    x_train, y_train, x_test, y_test = torch_reference.random_regression_data(300, 5, 2, seed=0)
+    assert (x_train.shape, y_train.shape, x_test.shape, y_test.shape) == ((300, 5), (300, 2), (60, 5), (60, 2))
+    run = torch_reference.make_run(x_train, y_train, x_test, y_test, weight_decay=1e-3)
+    before = run.evaluate()
+    history = run.run(epochs=4, eval_every=2)
+    assert [row["epoch"] for row in history] == [2, 4]
+    after = history[-1]
+    assert after["train_mse"] < before["train_mse"]
+    for key in ("nrc1", "nrc2", "nrc3", "train_mse", "test_mse"):
+        assert np.isfinite(after[key])
+    assert 0.0 <= after["nrc1"] <= 1.0 and 0.0 <= after["nrc2"] <= 1.0
+    assert 0.0 <= after["nrc3_gamma"] < run.lambda_min
+
+
+def test_loss_is_half_mse_plus_half_decay_over_all_parameters():
+    model = torch_reference.MLP(3, 2)
+    x, y = torch.randn(7, 3), torch.randn(7, 2)
+    prediction, features = model(x)
+    assert features.shape == (7, torch_reference.HIDDEN)
+    loss = torch_reference.regularized_loss(model, prediction, y, weight_decay=0.1).detach()
+    l2 = sum(float((p.detach() ** 2).sum()) for p in model.parameters())
+    mse = float(((prediction.detach() - y) ** 2).sum(1).mean())
+    assert float(loss) == pytest.approx(0.5 * mse + 0.05 * l2, rel=1e-5)
