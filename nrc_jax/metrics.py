@@ -53,8 +53,12 @@ def _is_concrete(x: ArrayLike) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def _array_arg(name: str, x: ArrayLike, ndim: int) -> Array:
-    """`x` as a floating jax array of rank `ndim`; DataError naming `name` otherwise."""
+def _array_arg(name: str, x: ArrayLike, ndim: int, *, check_finite: bool = True) -> Array:
+    """`x` as a floating jax array of rank `ndim`; DataError naming `name` otherwise.
+
+    Integer inputs become the default float dtype, half precision becomes float32 (sums of many
+    samples in 16 bits would lose the metric).
+    """
     if x is None:
         raise DataError(f"{name} is required, got None")
     if _is_concrete(x) and not isinstance(x, jax.Array):
@@ -63,14 +67,26 @@ def _array_arg(name: str, x: ArrayLike, ndim: int) -> Array:
             x = x.astype(np.float32)
     if x.ndim != ndim:
         raise DataError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
-    if _is_concrete(x):
-        finite = np.isfinite(x).all() if isinstance(x, np.ndarray) else jnp.isfinite(x).all()
-        if not bool(finite):
-            raise DataError(f"{name} (shape {tuple(x.shape)}) contains non-finite values")
+    if check_finite:
+        _check_finite(name, x)
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.result_type(float))
+    elif jnp.finfo(x.dtype).bits < 32:
+        x = x.astype(jnp.float32)
     return x
+
+
+def _check_finite(name: str, x: ArrayLike, mask: ArrayLike | None = None) -> None:
+    """DataError if a concrete `x` has non-finite values in the rows `mask` keeps (all by default)."""
+    if not (_is_concrete(x) and _is_concrete(mask)):
+        return
+    xp = np if isinstance(x, np.ndarray) and not isinstance(mask, jax.Array) else jnp
+    if mask is not None:
+        x = xp.where(xp.reshape(mask, (-1,) + (1,) * (x.ndim - 1)), x, 0.0)
+    if not bool(xp.isfinite(x).all()):
+        where = "" if mask is None else " in rows the mask keeps"
+        raise DataError(f"{name} (shape {tuple(x.shape)}) contains non-finite values{where}")
 
 
 def _check_count(name: str, value: Any, low: int, high: int, context: str) -> int:
@@ -112,20 +128,20 @@ def _check_sigma(sigma: ArrayLike, n: int) -> Array:
     return s
 
 
-def _check_targets_predictions(targets: ArrayLike, predictions: ArrayLike) -> tuple[Array, Array]:
-    y = _as_2d("targets", targets)
-    p = _as_2d("predictions", predictions)
+def _check_targets_predictions(targets: ArrayLike, predictions: ArrayLike, *,
+                               check_finite: bool = True) -> tuple[Array, Array]:
+    y = _as_2d("targets", targets, check_finite)
+    p = _as_2d("predictions", predictions, check_finite)
     if y.shape != p.shape:
         raise DataError(f"targets shape {tuple(y.shape)} and predictions shape {tuple(p.shape)} differ")
     return y, p
 
 
-def _as_2d(name: str, x: ArrayLike) -> Array:
+def _as_2d(name: str, x: ArrayLike, check_finite: bool = True) -> Array:
     """A (M,) array becomes (M, 1); (M, n) stays."""
-    shape = np.shape(x)
-    if len(shape) == 1:
-        return _array_arg(name, x, 1)[:, None]
-    return _array_arg(name, x, 2)
+    if np.ndim(x) == 1:
+        return _array_arg(name, x, 1, check_finite=check_finite)[:, None]
+    return _array_arg(name, x, 2, check_finite=check_finite)
 
 
 # ----------------------------------------------------------------------------- linear algebra
@@ -266,8 +282,8 @@ def _nrc2_impl(h: Array, w: Array, variant: str) -> Array:
     return _variant_nrc(h, basis, keep, variant)
 
 
-def _features_arg(features: ArrayLike) -> Array:
-    h = _array_arg("features", features, 2)
+def _features_arg(features: ArrayLike, check_finite: bool = True) -> Array:
+    h = _array_arg("features", features, 2, check_finite=check_finite)
     if h.shape[0] < 1 or h.shape[1] < 1:
         raise DataError(f"features must be (M, d) with M, d >= 1, got shape {tuple(h.shape)}")
     return h
@@ -543,14 +559,17 @@ def feature_stats(features: ArrayLike, targets: ArrayLike, predictions: ArrayLik
       features: H (M, d); targets: Y (M, n) or (M,); predictions: (M, n) or (M,).
       mask: optional (M,) bool/0-1: rows with False are ignored (padding), whatever they hold.
     Jittable; with the batch sharded over devices XLA inserts the cross-device sums.
-    The non-finite check runs only on concrete (not traced) inputs, masked rows included.
+    Non-finite values in kept rows raise DataError when the inputs are concrete (not traced).
     """
-    h = _features_arg(features)
-    y, p = _check_targets_predictions(targets, predictions)
+    h = _features_arg(features, check_finite=False)
+    y, p = _check_targets_predictions(targets, predictions, check_finite=False)
     if y.shape[0] != h.shape[0]:
         raise DataError(f"features shape {tuple(h.shape)} and targets shape {tuple(y.shape)} "
                         "have different numbers of rows")
-    return _feature_stats_impl(h, y.astype(h.dtype), p.astype(h.dtype), _mask_arg(mask, h.shape[0]))
+    mask = _mask_arg(mask, h.shape[0])
+    for name, x in (("features", h), ("targets", y), ("predictions", p)):
+        _check_finite(name, x, mask)
+    return _feature_stats_impl(h, y.astype(h.dtype), p.astype(h.dtype), mask)
 
 
 @jax.jit
@@ -568,11 +587,13 @@ def centered_feature_stats(features: ArrayLike, mean: ArrayLike,
     sum: take `mean = feature_mean(stats)` from a first pass, then merge these over batches and
     pass the result as `metrics_from_stats(..., centered=...)`.
     """
-    h = _features_arg(features)
+    h = _features_arg(features, check_finite=False)
     mu = _array_arg("mean", mean, 1)
     if mu.shape != (h.shape[1],):
         raise DataError(f"mean shape {tuple(mu.shape)} must be (d,) = ({h.shape[1]},)")
-    return _centered_stats_impl(h, mu.astype(h.dtype), _mask_arg(mask, h.shape[0]))
+    mask = _mask_arg(mask, h.shape[0])
+    _check_finite("features", h, mask)
+    return _centered_stats_impl(h, mu.astype(h.dtype), mask)
 
 
 def feature_mean(stats: FeatureStats) -> Array:
@@ -607,6 +628,11 @@ def metrics_from_stats(stats: FeatureStats, weights: ArrayLike, *, sigma: ArrayL
       nrc1_unnormalized, nrc2_variance, nrc2_unnormalized, evr (k,), wwt (n, n), w_norm,
       h_norm_sq (mean ||h||^2), nrc3, nrc3_gamma [, nrc1_centered, nrc2_centered] [, pca_basis].
     """
+    if not isinstance(stats, FeatureStats):
+        raise DataError(f"stats must be a FeatureStats (from feature_stats/merge), got {type(stats).__name__}")
+    if centered is not None and not isinstance(centered, CenteredStats):
+        raise DataError(f"centered must be a CenteredStats (from centered_feature_stats), "
+                        f"got {type(centered).__name__}")
     d, n = stats.sum_hy.shape
     w = _check_weights(weights, d)
     if w.shape[0] != n:

@@ -51,6 +51,8 @@ def test_float32_close_to_float64_reference():
     assert value.dtype == jnp.float32
     np.testing.assert_allclose(value, ref.nrc1(h, 3), rtol=1e-4)
     np.testing.assert_allclose(metrics.nrc2(h32, w32), ref.nrc2(h, w), rtol=1e-4)
+    # Half precision is summed in float32.
+    assert metrics.nrc2(h32.astype(jnp.bfloat16), w32).dtype == jnp.float32
     sigma = ref.target_stats(y)["sigma"]
     np.testing.assert_allclose(metrics.nrc3(w32, sigma.astype(np.float32), 0.1),
                                ref.nrc3(w, sigma, 0.1), rtol=1e-4)
@@ -158,18 +160,15 @@ def test_streamed_padded_batches_merged_equal_whole_array():
     close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-9)
     with jax.enable_x64(True):
         whole = metrics.feature_stats(h, y, p)
-        batch_stats = jax.jit(metrics.feature_stats)
         streamed = metrics.empty_feature_stats(12, 3, jnp.float64)
         for (hb, yb, pb), mask in _padded_batches((h, y, p), 64):
-            # Padded rows hold nan, so go through the traced path that skips the finite check.
-            streamed = metrics.merge(streamed, batch_stats(hb, yb, pb, mask))
+            streamed = metrics.merge(streamed, metrics.feature_stats(hb, yb, pb, mask=mask))
         jax.tree.map(close, whole, streamed)
 
         mean = metrics.feature_mean(whole)
-        batch_centered = jax.jit(metrics.centered_feature_stats)
         centered = metrics.CenteredStats(jnp.zeros(()), jnp.zeros((12, 12)))
         for (hb,), mask in _padded_batches((h,), 64):
-            centered = metrics.merge(centered, batch_centered(hb, mean, mask))
+            centered = metrics.merge(centered, metrics.centered_feature_stats(hb, mean, mask=mask))
         jax.tree.map(close, metrics.centered_feature_stats(h, mean), centered)
         _assert_metrics_match(metrics.metrics_from_stats(streamed, w, centered=centered),
                               _reference_metrics(h, w, y, p))
@@ -332,6 +331,9 @@ def test_jit_of_public_functions():
     (lambda h, w, s: metrics.mse(h[:, :3], h[:10, :3]), DataError, "targets shape (240, 3) and predictions shape (10, 3)"),
     (lambda h, w, s: metrics.feature_stats(h, h[:10, :3], h[:10, :3]), DataError, "different numbers of rows"),
     (lambda h, w, s: metrics.feature_stats(h, h[:, :3], h[:, :3], mask=np.ones(7)), DataError, "mask shape (7,)"),
+    (lambda h, w, s: metrics.feature_stats(np.where(h > 2, np.nan, h), h[:, :3], h[:, :3], mask=h[:, 0] > 0),
+     DataError, "features (shape (240, 12)) contains non-finite values in rows the mask keeps"),
+    (lambda h, w, s: metrics.metrics_from_stats({"count": 1}, w), DataError, "stats must be a FeatureStats"),
     (lambda h, w, s: metrics.top_eigenvectors(s, 2, init=np.ones((3, 3))), DataError, "init shape (3, 3)"),
     (lambda h, w, s: metrics.metrics_from_stats(metrics.empty_feature_stats(12, 2), w),
      DataError, "weights shape (3, 12) does not match the 2 targets"),
