@@ -391,7 +391,7 @@ def test_carla_bad_input(tmp_path, bad):
         fields["targets"] = "throttle"
     elif bad == "bad_norm":
         fields["image_normalization"] = "zscore"
-    expected = {"no_folder": "no such folder", "empty_folder": "holds no .h5 files", "no_rgb": r"lacks \['rgb'\]",
+    expected = {"no_folder": "does not exist", "empty_folder": "holds no .h5 files", "no_rgb": r"lacks \['rgb'\]",
                 "rows": "4 rows but targets has 3 rows", "targets_choice": "speed_steer", "npy_rows": "5 rows but",
                 "bad_norm": "imagenet"}[bad]
     with pytest.raises(DataError, match=expected) as e:
@@ -422,8 +422,11 @@ def test_utkface_ages_and_malformed_names(tmp_path):
 
 
 def test_utkface_bad_input(tmp_path):
-    with pytest.raises(DataError, match="no such folder"):
+    with pytest.raises(DataError, match="missing \\(data.path\\) does not exist"):
         load_dataset(config("utkface", tmp_path / "missing"))
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_dataset(config("utkface", tmp_path / "file.jpg"))
     (tmp_path / "only_bad").mkdir()
     (tmp_path / "only_bad" / "face.jpg").write_bytes(b"x")
     with pytest.raises(DataError, match="no well-named .jpg files \\(1 malformed"):

@@ -191,7 +191,8 @@ def load_carla(cfg: Any) -> RegressionData:
     if not folder:
         raise DataError(f"data set {NAME!r}: data.path is empty; expected {EXPECTED}")
     if not os.path.isdir(folder):
-        raise DataError(f"data set {NAME!r}: no such folder: {folder} (data.path); expected {EXPECTED}")
+        problem = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise DataError(f"data set {NAME!r}: {folder} (data.path) {problem}; expected {EXPECTED}")
     if os.path.isfile(os.path.join(folder, "images.npy")):
         x_train, y_train, x_test, y_test, info = _split_npy(cfg, folder, choice)
     else:

@@ -78,7 +78,8 @@ def load_utkface(cfg: Any) -> RegressionData:
     if not folder:
         raise DataError(f"data set {NAME!r}: data.path is empty; expected {EXPECTED}")
     if not os.path.isdir(folder):
-        raise DataError(f"data set {NAME!r}: no such folder: {folder} (data.path); expected {EXPECTED}")
+        problem = "is a file, not a folder" if os.path.exists(folder) else "does not exist"
+        raise DataError(f"data set {NAME!r}: {folder} (data.path) {problem}; expected {EXPECTED}")
     paths, ages, malformed = scan_folder(folder)
     if not paths:
         raise DataError(f"data set {NAME!r}: {folder} holds no well-named .jpg files ({len(malformed)} malformed "
