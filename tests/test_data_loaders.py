@@ -366,6 +366,12 @@ def test_carla_seqtrain_seqval_and_npy(tmp_path):
     data = load_dataset(config("carla", tmp_path / "npy", image_size=8, image_normalization="unit"))
     assert (data.train_size, data.test_size) == (10, 2) and 0 <= data.x_train.min() and data.x_train.max() <= 1
     np.testing.assert_array_equal(data.y_test, targets[10:][:, [10, 0]])
+    from PIL import Image
+    lazy = load_dataset(config("carla", tmp_path / "npy", image_size=8, image_normalization="unit", max_in_memory_mb=0.0))
+    for i in (9, 0, 4):
+        expected = np.asarray(Image.fromarray(images[i]).resize((8, 8), Image.BILINEAR)) / 255.0
+        np.testing.assert_allclose(data.x_train[i], expected, atol=1e-6)
+    np.testing.assert_allclose(lazy.x_train[np.array([9, 0, 4])], data.x_train[[9, 0, 4]])
 
 
 @pytest.mark.parametrize("bad", ["no_folder", "empty_folder", "no_rgb", "rows", "targets_choice", "npy_rows", "bad_norm"])

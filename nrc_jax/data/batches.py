@@ -81,8 +81,11 @@ def iterate_batches(x: Any, y: np.ndarray, batch_size: int, *, seed: int = 0, ep
         raise ConfigError(f"num_workers must be >= 1 and prefetch >= 0, got {num_workers} and {prefetch}")
     indices = batch_indices(len(x), batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
                             drop_remainder=drop_remainder, process_index=process_index, process_count=process_count)
-    place = to_device or (lambda batch: batch)
-    load = lambda idx: place(_read(x, y, idx, name))
+
+    def load(idx: np.ndarray) -> Any:
+        batch = _read(x, y, idx, name)
+        return to_device(batch) if to_device else batch
+
     if prefetch == 0:
         for idx in indices:
             yield load(idx)

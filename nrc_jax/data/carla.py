@@ -174,7 +174,11 @@ def _split_npy(cfg: Any, folder: str, choice: str) -> tuple[Any, np.ndarray, Any
     train_size, test_size = resolve_split_sizes(NAME, folder, n, int(setting(cfg, "train_size", 0)),
                                                 int(setting(cfg, "test_size", 0)))
     size, normalization, max_mb = _image_settings(cfg)
-    read_raw = lambda idx: np.asarray(images[np.sort(idx)])[np.argsort(np.argsort(idx))]  # memmap reads in order
+
+    def read_raw(idx: np.ndarray) -> np.ndarray:
+        order = np.argsort(idx)  # read the memory map front to back, then restore the requested order
+        return np.asarray(images[idx[order]])[np.argsort(order)]
+
     idx_train, idx_test = np.arange(train_size), np.arange(n - test_size, n)
     src_train = ImageSource(read_raw, idx_train, size, normalization)
     src_test = ImageSource(read_raw, idx_test, size, normalization)

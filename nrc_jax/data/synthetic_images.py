@@ -13,6 +13,7 @@ Defaults: 32x32x3 (`data.image_size`), 2,000 train / 400 test (`data.train_size`
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -91,7 +92,7 @@ def load_synthetic_images(cfg: Any) -> RegressionData:
     splits = {}
     for split, count in sizes.items():
         scenes = sample_scenes(seed, split, count)
-        draw = lambda idx, scenes=scenes, split=split: render(scenes, idx, size, seed, split)
+        draw = functools.partial(render, scenes, size=size, seed=seed, split=split)
         x = materialize_if_small(ImageSource(draw, np.arange(count), size, normalization), max_mb)
         splits[split] = check_arrays(NAME, "rendered", x, scene_targets(scenes, choice), split)
     (x_train, y_train), (x_test, y_test) = splits["train"], splits["test"]
