@@ -579,3 +579,15 @@ def test_batches_errors_reach_the_caller_and_threads_stop():
     assert threading.active_count() == before
     placed = list(batches.iterate_batches(np.ones((4, 1)), np.ones((4, 1)), 2, to_device=lambda b: ("dev", b)))
     assert placed[0][0] == "dev"
+
+
+def test_streamed_batches_land_sharded_on_devices():
+    data = load_dataset(config("synthetic_images", train_size=32, test_size=8, image_size=8, max_in_memory_mb=0.0))
+    assert data.streamed
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    stream = batches.iterate_batches(data.x_train, data.y_train, 16, seed=0,
+                                     to_device=lambda batch: jax.device_put(batch, sharding))
+    for x, y in stream:
+        assert x.shape == (16, 8, 8, 3) and y.shape == (16, 3)
+        assert x.sharding == sharding and len(x.addressable_shards) == len(jax.devices())
