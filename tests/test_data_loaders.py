@@ -103,6 +103,12 @@ def test_unknown_name_lists_known():
     assert set(PATH_DATASETS) <= set(KNOWN_DATASETS)
 
 
+def test_data_path_expands_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    fx.write_npz(tmp_path / "d.npz")
+    assert load_dataset(config("npz", "~/d.npz")).info["path"] == str(tmp_path / "d.npz")
+
+
 def test_npz_and_table1_row(tmp_path):
     arrays = fx.write_npz(tmp_path / "d.npz", n=3)
     data = load_dataset(config("npz", tmp_path / "d.npz"))

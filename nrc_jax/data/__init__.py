@@ -13,7 +13,7 @@ from typing import Callable
 import ml_collections
 
 from nrc_jax.data import carla, d4rl, minari, sgemm, synthetic_images, utkface
-from nrc_jax.data.base import ArraySource, RegressionData, check_arrays
+from nrc_jax.data.base import ArraySource, RegressionData, check_arrays, data_path
 from nrc_jax.data.npz import load_npz
 from nrc_jax.data.transforms import TRANSFORMS, TargetTransform, apply_forward, fit_transform
 from nrc_jax.errors import ConfigError, DataError
@@ -21,7 +21,7 @@ from nrc_jax.errors import ConfigError, DataError
 Loader = Callable[[ml_collections.ConfigDict], RegressionData]
 
 LOADERS: dict[str, Loader] = {
-    "npz": lambda cfg: load_npz(cfg.path, "npz"),
+    "npz": lambda cfg: load_npz(data_path(cfg), "npz"),
     "d4rl": d4rl.load_d4rl_hdf5,
     "d4rl_tfds": d4rl.load_d4rl_tfds,
     "minari": minari.load_minari,

@@ -7,6 +7,7 @@ streams batch by batch. Targets are always numpy arrays in host memory (they are
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -220,6 +221,11 @@ def resize_image(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
     return np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR))
+
+
+def data_path(cfg: Any) -> str:
+    """`data.path` with `~` expanded ('' when unset)."""
+    return os.path.expanduser(str(setting(cfg, "path", "")))
 
 
 def setting(cfg: Any, key: str, default: Any) -> Any:

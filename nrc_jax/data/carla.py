@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from nrc_jax.data.base import (ImageSource, RegressionData, check_arrays, check_image_normalization,
+from nrc_jax.data.base import (ImageSource, RegressionData, check_arrays, check_image_normalization, data_path,
                                materialize_if_small, resolve_split_sizes, setting, split_by_episodes)
 from nrc_jax.errors import DataError
 
@@ -188,7 +188,7 @@ def _split_npy(cfg: Any, folder: str, choice: str) -> tuple[Any, np.ndarray, Any
 
 def load_carla(cfg: Any) -> RegressionData:
     """`data.name='carla'`: CARLA frames -> [speed, steer] (2D) or one of them (1D)."""
-    folder = setting(cfg, "path", "")
+    folder = data_path(cfg)
     choice = setting(cfg, "targets", "") or "speed_steer"
     if choice not in TARGET_COLUMNS:
         raise DataError(f"data set {NAME!r}: data.targets={choice!r} is not one of {', '.join(TARGET_COLUMNS)}")

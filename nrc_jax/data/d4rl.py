@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from nrc_jax.data.base import RegressionData, check_arrays, episode_ends, setting, split_by_episodes
+from nrc_jax.data.base import RegressionData, check_arrays, data_path, episode_ends, setting, split_by_episodes
 from nrc_jax.errors import DataError
 
 HDF5_REQUIRED = ("observations", "actions", "terminals")
@@ -58,7 +58,7 @@ def read_d4rl_hdf5(path: str, name: str = "d4rl") -> dict[str, np.ndarray]:
 
 def load_d4rl_hdf5(cfg: Any) -> RegressionData:
     """`data.name='d4rl'`: observations -> actions from a D4RL HDF5 file, split by episodes."""
-    name, path = "d4rl", setting(cfg, "path", "")
+    name, path = "d4rl", data_path(cfg)
     arrays = read_d4rl_hdf5(path, name)
     ends = episode_ends(arrays["terminals"], arrays.get("timeouts"))
     return _episode_split(name, path, arrays["observations"], arrays["actions"], ends, cfg,
@@ -121,7 +121,7 @@ def _tfds_builder(name: str, path: str, dataset_id: str) -> Any:
 
 def load_d4rl_tfds(cfg: Any) -> RegressionData:
     """`data.name='d4rl_tfds'`: the TFDS RLDS episodes of d4rl_mujoco_hopper (or any RLDS set)."""
-    name, path = "d4rl_tfds", setting(cfg, "path", "")
+    name, path = "d4rl_tfds", data_path(cfg)
     dataset_id = setting(cfg, "dataset_id", "") or TFDS_DEFAULT_ID
     _require_path(name, path, f"a TFDS data_dir holding {dataset_id} (or its prepared version folder)")
     tf = import_tensorflow(name)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nrc_jax.data.base import RegressionData, check_arrays, setting, split_by_episodes
+from nrc_jax.data.base import RegressionData, check_arrays, data_path, setting, split_by_episodes
 from nrc_jax.errors import DataError
 
 EPISODE_GROUP = re.compile(r"^episode_(\d+)$")
@@ -85,7 +85,7 @@ def _episode_arrays(name: str, path: str, group: Any, key: str) -> tuple[np.ndar
 
 def load_minari(cfg: Any) -> RegressionData:
     """`data.name='minari'`: a Minari dataset read straight from its HDF5 file."""
-    name, root, dataset_id = "minari", setting(cfg, "path", ""), setting(cfg, "dataset_id", "")
+    name, root, dataset_id = "minari", data_path(cfg), setting(cfg, "dataset_id", "")
     data_file, metadata_file = minari_files(name, root, dataset_id)
     metadata = read_metadata(name, metadata_file)
     obs, actions, ends = read_minari_episodes(name, data_file)

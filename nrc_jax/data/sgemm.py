@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from nrc_jax.data.base import RegressionData, check_arrays, resolve_split_sizes, setting
+from nrc_jax.data.base import RegressionData, check_arrays, data_path, resolve_split_sizes, setting
 from nrc_jax.errors import DataError
 
 NAME = "sgemm"
@@ -53,7 +53,7 @@ def read_sgemm_csv(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_sgemm(cfg: Any) -> RegressionData:
     """`data.name='sgemm'`: the 14 SGEMM kernel parameters -> 4 run times."""
-    path = csv_path(setting(cfg, "path", ""))
+    path = csv_path(data_path(cfg))
     choice = setting(cfg, "targets", "") or "runs"
     if choice not in TARGET_CHOICES:
         raise DataError(f"data set {NAME!r}: data.targets={choice!r} is not one of {', '.join(TARGET_CHOICES)}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nrc_jax.data.base import (ImageSource, RegressionData, check_arrays, check_image_normalization,
+from nrc_jax.data.base import (ImageSource, RegressionData, check_arrays, check_image_normalization, data_path,
                                materialize_if_small, resize_image, resolve_split_sizes, setting)
 from nrc_jax.errors import DataError
 
@@ -74,7 +74,7 @@ class JpegReader:
 
 def load_utkface(cfg: Any) -> RegressionData:
     """`data.name='utkface'`: the UTKFace folder at `data.path`, target = age in years."""
-    folder = setting(cfg, "path", "")
+    folder = data_path(cfg)
     if not folder:
         raise DataError(f"data set {NAME!r}: data.path is empty; expected {EXPECTED}")
     if not os.path.isdir(folder):
