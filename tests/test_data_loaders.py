@@ -597,3 +597,19 @@ def test_streamed_batches_land_sharded_on_devices():
     for x, y in stream:
         assert x.shape == (16, 8, 8, 3) and y.shape == (16, 3)
         assert x.sharding == sharding and len(x.addressable_shards) == len(jax.devices())
+
+
+def test_info_is_json_serializable(tmp_path):
+    import json
+    fx.write_d4rl_hdf5(tmp_path / "d.hdf5", EPISODES)
+    fx.write_minari(tmp_path / "minari", "toy-v0", [4, 4, 4])
+    fx.write_carla_h5(tmp_path / "carla", 2, 3)
+    fx.write_utkface(tmp_path / "utk", [10, 20, 30, 40, 50, 60])
+    fx.write_sgemm_csv(tmp_path / "sgemm_product.csv", 12)
+    configs = [config("d4rl", tmp_path / "d.hdf5"), config("minari", tmp_path / "minari", dataset_id="toy-v0"),
+               config("carla", tmp_path / "carla", image_size=8), config("utkface", tmp_path / "utk", image_size=8),
+               config("sgemm", tmp_path), config("synthetic_images", train_size=4, test_size=2)]
+    for cfg in configs:
+        data = load_dataset(cfg)
+        json.dumps({"info": data.info, "transform": data.transform.to_dict()})
+        assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.float32, cfg.name
