@@ -14,7 +14,8 @@ covariance of raw H) for NRC1, and onto the row space of W for NRC2.
 
 Conventions the spec leaves open (the test oracle tests/reference_numpy.py follows them):
 - Zero rows of H have no direction: the per-sample-normalized forms ("paper", "centered") skip them
-  (they count neither in the sum nor in M). If every row is zero those forms are nan.
+  (they count neither in the sum nor in M); the PCA covariance and the "variance"/"unnormalized"
+  forms still include them. If every row is zero the normalized forms are nan.
 - NRC2 uses the numerical row space of W: singular values <= max(n, d) * eps * s_max are dropped
   (numpy's matrix_rank tolerance), so rank-deficient W is handled; W = 0 gives NRC2 = 1.
 - NRC3 for n = 1 is 0.0 (the spec calls it trivial: both normalized 1x1 matrices are 1). A zero

@@ -290,19 +290,25 @@ def test_subspace_iteration_agrees_with_eigh():
         np.testing.assert_allclose(warm_vectors @ warm_vectors.T, basis[:, :r] @ basis[:, :r].T, atol=1e-4)
 
 
-def test_metrics_from_stats_with_carried_pca_basis():
-    h, w, y, p = _problem(14)
-    d, n = h.shape[1], w.shape[0]
+def test_carried_pca_basis_under_vmap_over_sweep_members():
+    """As in the trainer: all sweep members at once (vmap over stats, weights, gamma, basis), the
+    PCA basis carried from one evaluation to the next, so a few subspace iterations per call suffice."""
+    problems = [_problem(seed) for seed in (18, 19)]
     with jax.enable_x64(True):
-        stats = metrics.feature_stats(h, y, p)
-        exact = _reference_metrics(h, w, y, p)
-        step = jax.jit(lambda s, b: metrics.metrics_from_stats(s, w, pca_init=b, pca_iters=20))
-        out = step(stats, metrics.pca_basis_init(d, n, dtype=jnp.float64))
-        for _ in range(5):  # the training loop carries the basis from one evaluation to the next
-            out = step(stats, out["pca_basis"])
-        assert out["pca_basis"].shape == (d, 5)
-        for key in ("nrc1", "nrc1_variance", "nrc1_unnormalized", "evr"):
-            np.testing.assert_allclose(out[key], exact[key], rtol=RTOL, err_msg=key)
+        stats = jax.tree.map(lambda *xs: jnp.stack(xs), *(metrics.feature_stats(h, y, p) for h, _, y, p in problems))
+        weights = jnp.stack([w for _, w, _, _ in problems])
+        gammas = jnp.asarray([0.01, 0.02])
+        basis = jnp.stack([metrics.pca_basis_init(12, 3, dtype=jnp.float64)] * 2)
+        evaluate = jax.jit(jax.vmap(lambda s, w, g, b: metrics.metrics_from_stats(s, w, gamma=g, pca_init=b,
+                                                                                  pca_iters=20)))
+        for _ in range(8):
+            out = evaluate(stats, weights, gammas, basis)
+            basis = out["pca_basis"]
+        assert basis.shape == (2, 12, 5)
+        for member, (h, w, y, p) in enumerate(problems):
+            expected = _reference_metrics(h, w, y, p, gamma=float(gammas[member]))
+            expected = {k: v for k, v in expected.items() if "centered" not in k}
+            _assert_metrics_match(jax.tree.map(lambda x: x[member], out), expected)
 
 
 def test_jit_of_public_functions():
