@@ -80,11 +80,11 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
 class Checkpoints:
     """`workdir/checkpoints` managed by an Orbax CheckpointManager (async, keeps the last N)."""
 
-    def __init__(self, workdir: str, meta: dict, max_to_keep: int = 3):
+    def __init__(self, workdir: str, meta: dict, max_to_keep: int = 3, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.meta = meta
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True,
-                                               create=True)
+                                               create=not read_only, read_only=read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -107,26 +107,27 @@ class Checkpoints:
         for step in reversed(self.all_steps()):
             where = os.path.join(self.directory, str(step))
             try:
-                saved = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+                saved = self.restore_meta(step)
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, loudly
                 log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", where, type(e).__name__, e)
                 continue
             check_compatible(saved, self.meta, where)
             try:
-                restored = self.manager.restore(
-                    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+                state = self.restore_state(step, abstract_state)
             except Exception as e:  # noqa: BLE001
                 log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", where, type(e).__name__, e)
                 continue
-            return restored["state"], step
+            return state, step
         return None, 0
 
-    def restore_step(self, step: int, abstract_state: Any | None = None) -> tuple[Any, dict]:
-        """(state, meta) at `step`; without `abstract_state` the state comes back as saved (numpy)."""
-        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        state_args = ocp.args.StandardRestore(abstract_state) if abstract_state is not None else ocp.args.StandardRestore()
-        state = self.manager.restore(step, args=ocp.args.Composite(state=state_args))["state"]
-        return state, meta
+    def restore_meta(self, step: int) -> dict:
+        """The JSON saved beside the state at `step`."""
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_state(self, step: int, abstract_state: Any) -> Any:
+        """The state at `step`, laid out as `abstract_state` (shapes, dtypes, shardings) says."""
+        args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+        return self.manager.restore(step, args=args)["state"]
 
     def close(self) -> None:
         """Waits for pending async saves, then releases the manager."""

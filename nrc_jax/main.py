@@ -20,18 +20,18 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
+    from nrc_jax import distributed
     from nrc_jax.errors import UserError
 
     try:
-        from nrc_jax import distributed  # multi-process start-up, before any JAX computation
-        distributed.maybe_initialize()
+        distributed.maybe_initialize()  # multi-process start-up, before any JAX computation
         from nrc_jax import train
 
         logging.info("workdir %s", _WORKDIR.value)
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        distributed.exit_process(2)
 
 
 if __name__ == "__main__":

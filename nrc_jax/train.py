@@ -19,6 +19,7 @@ turned into metrics in the same program. Only the metrics leave the device, once
 from __future__ import annotations
 
 import collections
+import json
 import time
 from typing import Any
 
@@ -112,7 +113,7 @@ class Trainer:
         self.batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
         self.init = jax.jit(self._init, out_shardings=self.replicated)
         self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
-        self.evaluate = jax.jit(self._evaluate)
+        self.evaluate = jax.jit(self._evaluate_call)
 
     # ----------------------------------------------------------------- model application
     def _forward(self, params, model_state, x, train: bool):
@@ -235,9 +236,12 @@ class Trainer:
         out["epoch"] = state.epoch
         return out
 
+    def _evaluate_call(self, state: TrainState, data: DeviceData) -> dict[str, jax.Array]:
+        TRACE_COUNTS["evaluate"] += 1
+        return self._evaluate(state, data)
+
     def _evaluate(self, state: TrainState, data: DeviceData) -> dict[str, jax.Array]:
         """Metrics of every member over the whole train and test sets: dict of (K, ...) arrays."""
-        TRACE_COUNTS["evaluate"] += 1
         return jax.vmap(self._member_metrics, in_axes=(0, None))(state, data)
 
     def features(self, state: TrainState, data: DeviceData, member: int, split: str = "train"):
@@ -247,6 +251,25 @@ class Trainer:
         pred, h, hidden = jax.jit(self._features, static_argnums=3)(one.params, one.model_state, x, data.eval_chunk)
         keep = np.asarray(mask) > 0
         return np.asarray(pred)[keep], np.asarray(h)[keep], [np.asarray(a)[keep] for a in hidden]
+
+
+_TRAINERS: dict = {}
+
+
+def get_trainer(config: ml_collections.ConfigDict, mesh: Mesh, input_shape: tuple[int, ...],
+                out_dim: int) -> Trainer:
+    """A Trainer, reused for configs that compile the same program (runs in one process, e.g. a
+    resumed run, tests and benchmarks, skip recompilation)."""
+    c = config
+    hyper = ("lr", "weight_decay", "lambda_h", "lambda_w")  # traced HParams, not compiled in
+    program = {"model": c.model.to_dict(), "metrics": c.metrics.to_dict(),
+               "optim": {k: v for k, v in c.optim.to_dict().items() if k not in hyper},
+               "train": [c.train.batch_size, c.train.drop_last, c.train.epochs if c.optim.schedule != "constant" else 0]}
+    key = (json.dumps(program, sort_keys=True, default=str), tuple(d.id for d in mesh.devices.flat),
+           tuple(input_shape), out_dim)
+    if key not in _TRAINERS:
+        _TRAINERS[key] = Trainer(config, mesh, input_shape, out_dim)
+    return _TRAINERS[key]
 
 
 # --------------------------------------------------------------------- the driver
@@ -278,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.train.batch_size % mesh.size:
         raise ConfigError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
                           f"{mesh.size} devices of the mesh")
-    trainer = Trainer(config, mesh, data.input_shape, data.target_dim)
+    trainer = get_trainer(config, mesh, data.input_shape, data.target_dim)
     device_data = put_data(data, mesh, config.train.eval_chunk)
     meta = checkpoints.run_meta(config, data, members)
     ckpt = checkpoints.Checkpoints(workdir, meta, max_to_keep=config.train.max_to_keep)
@@ -292,12 +315,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t0 = time.time()
     rows = None
     try:
-        if start == 0:
-            rows = writers.metric_rows(jax.device_get(trainer.evaluate(state, device_data)), members,
-                                       lambda_min, time.time() - t0)
+        previous = start
+        if start == 0:  # the initial evaluation: a chunk of 0 epochs (the same compiled program)
+            state, out = trainer.train_chunk(state, device_data, jnp.asarray(0, jnp.int32))
+            rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
             _check_finite(rows, 0, ckpt)
             log.write(rows)
-        previous = start
         with checkpoints.StopOnSignal() as stop:
             for epoch in eval_epochs(start, config):
                 state, out = trainer.train_chunk(state, device_data, jnp.asarray(epoch - previous, jnp.int32))
@@ -310,8 +333,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if stop.requested:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {epoch}; checkpoint saved")
         if rows is None:  # resumed a finished run: nothing left to train
-            rows = writers.metric_rows(jax.device_get(trainer.evaluate(state, device_data)), members,
-                                       lambda_min, time.time() - t0)
+            state, out = trainer.train_chunk(state, device_data, jnp.asarray(0, jnp.int32))
+            rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
         weights = np.asarray(jax.device_get(jax.vmap(lambda p: models.head_params(p)[0])(state.params)))
         summary = log.finish(weights, np.asarray(device_data.sigma), lambda_min,
                              ufm=config.optim.regularizer == "ufm")
@@ -321,5 +344,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"members": rows, "summary": summary}
 
 
-__all__ = ["TrainState", "DeviceData", "Trainer", "make_mesh", "put_data", "eval_epochs",
+__all__ = ["TrainState", "DeviceData", "Trainer", "get_trainer", "make_mesh", "put_data", "eval_epochs",
            "train_and_evaluate", "TRACE_COUNTS", "load_dataset"]

@@ -1,0 +1,162 @@
+"""Look into a run directory without training.
+
+  python -m nrc_jax.inspect DIR [--step N] [--json] [--member K] [--export OUT.npz]
+
+Prints the config, the saved checkpoint steps, the parameter shapes (leading axis: sweep members),
+the latest logged metrics and W W^T of every member at the chosen step (default: the latest).
+`--export` also loads the data set and writes, for sweep member K (default 0), the train-set
+`features` (M, d), `weights` (n, d), `bias` (n,), `targets` (M, n), `predictions` (M, n) and, when
+the run had `metrics.per_layer`, `layer_features_<i>` (M, d_i) for each hidden layer.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+
+def _load_config(workdir: str):
+    import ml_collections
+
+    from nrc_jax.errors import DataError
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise DataError(f"{workdir} is not a run directory: no config.json in it")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _tuples(config):
+    """config.json stores tuples as lists; the model code wants tuples (hashable module fields)."""
+    for key in ("widths", "channels"):
+        if key in config.model:
+            config.model[key] = tuple(config.model[key])
+    return config
+
+
+def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
+    """The run at `step` (default latest): config, steps, meta, host state, rows and the Trainer."""
+    from nrc_jax import checkpoints, train, writers
+    from nrc_jax.errors import DataError
+
+    config = _tuples(_load_config(workdir))
+    ckpt = checkpoints.Checkpoints(workdir, meta={}, max_to_keep=config.train.max_to_keep, read_only=True)
+    try:
+        steps = ckpt.all_steps()
+        if not steps:
+            raise DataError(f"{ckpt.directory} holds no checkpoint")
+        if step is None:
+            step = steps[-1]
+        if step not in steps:
+            raise DataError(f"--step {step}: no checkpoint of that epoch in {ckpt.directory}; saved steps: {steps}")
+        meta = ckpt.restore_meta(step)
+        trainer = train.Trainer(config, train.make_mesh(1), tuple(meta["input_shape"]), meta["out_dim"])
+        state = ckpt.restore_state(step, trainer.abstract_state(meta["members"]))
+    finally:
+        ckpt.close()
+    rows = writers.read_metrics(workdir)
+    return {"config": config, "steps": steps, "step": step, "meta": meta, "state": state,
+            "trainer": trainer, "rows": rows}
+
+
+def describe(run: dict) -> dict:
+    """JSON-ready description: config, steps, parameter shapes, latest metrics, W W^T per member."""
+    import jax
+
+    from nrc_jax import models
+
+    state = run["state"]
+    shapes = {jax.tree_util.keystr(path): list(leaf.shape)
+              for path, leaf in jax.tree_util.tree_leaves_with_path(state.params)}
+    weights = np.asarray(jax.vmap(lambda p: models.head_params(p)[0])(state.params))
+    latest_epoch = max((r["epoch"] for r in run["rows"] if r["epoch"] <= run["step"]), default=None)
+    return {
+        "config": run["config"].to_dict(),
+        "steps": run["steps"],
+        "step": run["step"],
+        "members": run["meta"]["members"],
+        "param_shapes": shapes,
+        "num_params_per_member": int(sum(np.prod(s[1:]) for s in shapes.values())),
+        "latest_metrics": [r for r in run["rows"] if r["epoch"] == latest_epoch],
+        "wwt": [(w @ w.T).tolist() for w in weights],
+    }
+
+
+def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
+    """Writes the train-set features etc. of one sweep member at the run's step to `out_path`."""
+    import jax
+
+    from nrc_jax import models, train
+    from nrc_jax.errors import ConfigError
+
+    members = run["meta"]["members"]
+    if not 0 <= member < len(members):
+        raise ConfigError(f"--member {member}: the run has {len(members)} sweep members (0..{len(members) - 1})")
+    config, trainer = run["config"], run["trainer"]
+    data = train.load_dataset(config.data)
+    device_data = train.put_data(data, trainer.mesh, config.train.eval_chunk)
+    predictions, features, hidden = trainer.features(run["state"], device_data, member)
+    w, b = models.head_params(jax.tree.map(lambda a: a[member], run["state"].params))
+    arrays = {"features": features, "weights": np.asarray(w), "bias": np.asarray(b),
+              "targets": np.asarray(data.y_train), "predictions": predictions,
+              "epoch": np.asarray(run["step"])}
+    if config.metrics.per_layer:
+        arrays.update({f"layer_features_{i}": h for i, h in enumerate(hidden)})
+    np.savez(out_path, **arrays)
+    return arrays
+
+
+def _print_text(info: dict) -> None:
+    print("config:")
+    print(json.dumps(info["config"], indent=1))
+    print(f"saved steps (epochs): {info['steps']}; showing step {info['step']}")
+    print(f"parameters ({info['num_params_per_member']} per member; leading axis = sweep members):")
+    for name, shape in info["param_shapes"].items():
+        print(f"  {name}: {tuple(shape)}")
+    for row in info["latest_metrics"]:
+        keys = ("train_mse", "test_mse", "train_r2", "test_r2", "nrc1", "nrc2", "nrc3", "nrc3_gamma")
+        print(f"epoch {row['epoch']} member {row['sweep_index']} {row['sweep']}: "
+              + ", ".join(f"{k}={row[k]:.6g}" for k in keys if k in row))
+    for k, wwt in enumerate(info["wwt"]):
+        print(f"member {k} W W^T at step {info['step']}: {np.array2string(np.asarray(wwt), precision=5)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nrc_jax.inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("workdir")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint epoch (default: latest)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--export", default=None, metavar="OUT.npz", help="write train-set features etc.")
+    parser.add_argument("--member", type=int, default=0, help="sweep member for --export")
+    args = parser.parse_args(argv)
+    from absl import logging as absl_logging
+
+    from nrc_jax.errors import UserError
+
+    absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only managers
+
+    try:
+        run = load_run(args.workdir, args.step)
+        info = describe(run)
+        if args.export:
+            export(run, args.export, args.member)
+            info["exported"] = os.path.abspath(args.export)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(info))
+    else:
+        _print_text(info)
+        if args.export:
+            print(f"exported member {args.member} at step {info['step']} to {info['exported']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

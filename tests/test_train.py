@@ -1,0 +1,160 @@
+"""End-to-end tests of the training engine on a tiny npz data set (tiny MLP, a few epochs)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import mlp
+from nrc_jax import train, writers
+from nrc_jax.errors import ConfigError, DivergenceError
+
+ROW_KEYS = {"epoch", "sweep_index", "sweep", "train_mse", "test_mse", "train_mse_per_dim", "test_mse_per_dim",
+            "train_r2", "test_r2", "train_r2_per_dim", "test_r2_per_dim", "loss", "nrc1", "nrc2", "nrc3",
+            "nrc3_gamma", "nrc1_centered", "nrc1_variance", "nrc1_unnormalized", "nrc2_variance",
+            "nrc2_unnormalized", "evr", "wwt", "w_norm", "h_norm_sq", "lambda_min", "time_s"}
+
+
+@pytest.fixture(scope="module")
+def npz_path(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(140, 5)).astype(np.float32)
+    y = np.stack([np.tanh(x[:, 0] + x[:, 1]), x[:, 2] * x[:, 3]], 1).astype(np.float32)
+    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
+    np.savez(path, x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    return path
+
+
+def tiny_config(npz_path, **overrides):
+    config = mlp.get_config()
+    config.data.name, config.data.path = "npz", npz_path
+    config.model.widths = (16, 16)
+    config.train.update(epochs=6, eval_every=2, checkpoint_every=2, batch_size=32, progress_bar=False)
+    config.mesh.num_devices = 1
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def rows_by_member(workdir):
+    rows = writers.read_metrics(str(workdir))
+    return {k: [r for r in rows if r["sweep_index"] == k] for k in {r["sweep_index"] for r in rows}}
+
+
+def strip_time(rows):
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+def assert_rows_close(a, b, rtol):
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        for key in ("train_mse", "test_mse", "loss", "nrc1", "nrc2", "nrc3", "w_norm", "h_norm_sq", "evr", "wwt"):
+            np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=1e-6, err_msg=f"{key} epoch {ra['epoch']}")
+
+
+def test_end_to_end_outputs_and_no_recompilation(npz_path, tmp_path):
+    train._TRAINERS.clear()  # count this run's traces from a cold start (later tests reuse it)
+    before = dict(train.TRACE_COUNTS)
+    config = tiny_config(npz_path)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    traced = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_chunk", "evaluate")}
+    assert traced == {"train_chunk": 1, "evaluate": 0}  # 1 initial evaluation (0 epochs) + 3 chunks
+    rows = writers.read_metrics(str(tmp_path))
+    assert [r["epoch"] for r in rows] == [0, 2, 4, 6]
+    for row in rows:
+        assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
+        assert len(row["evr"]) == 5 and np.shape(row["wwt"]) == (2, 2)
+        assert 0.0 <= row["nrc1"] <= 1.0 and 0.0 <= row["nrc2"] <= 1.0
+    assert rows[-1]["train_mse"] < rows[0]["train_mse"]
+    assert json.load(open(tmp_path / "config.json"))["model"]["widths"] == [16, 16]
+    summary = json.load(open(tmp_path / "summary.json"))["members"][0]
+    assert len(summary["gammas"]) == len(summary["nrc3_curve"]) == 1000
+    assert summary["epochs"] == [0, 2, 4, 6] and len(summary["nrc3_over_epochs"]) == 4
+    assert summary["best_nrc3"] == pytest.approx(min(summary["nrc3_curve"]), abs=1e-6)
+    assert summary["best_gamma_over_lambda_min"] == pytest.approx(summary["best_gamma"] / rows[0]["lambda_min"])
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "6"]
+    assert os.listdir(tmp_path / "tensorboard" / "run")
+    assert result["members"][0]["epoch"] == 6
+
+
+def test_resume_after_crash_matches_straight_run(npz_path, tmp_path, monkeypatch):
+    config = tiny_config(npz_path)
+    train.train_and_evaluate(config, str(tmp_path / "straight"))
+    original = writers.RunWriter.write
+
+    def crash_at_epoch_4(self, rows):
+        if rows[0]["epoch"] == 4:
+            raise RuntimeError("simulated crash")
+        original(self, rows)
+
+    monkeypatch.setattr(writers.RunWriter, "write", crash_at_epoch_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.train_and_evaluate(config, str(tmp_path / "resumed"))
+    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path / "resumed"))] == [0, 2]
+    monkeypatch.setattr(writers.RunWriter, "write", original)
+    train.train_and_evaluate(config, str(tmp_path / "resumed"))  # resumes from the epoch-2 checkpoint
+    straight = strip_time(writers.read_metrics(str(tmp_path / "straight")))
+    resumed = strip_time(writers.read_metrics(str(tmp_path / "resumed")))
+    assert resumed == straight  # bit for bit, no duplicate rows
+
+
+def test_resume_drops_rows_beyond_checkpoint_and_refuses_other_config(npz_path, tmp_path):
+    config = tiny_config(npz_path, **{"train.epochs": 4})
+    train.train_and_evaluate(config, str(tmp_path))
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # rows past the checkpoint and a torn line
+        f.write(json.dumps({**writers.read_metrics(str(tmp_path))[-1], "epoch": 8}) + "\n{\"epoch\": 1")
+    train.train_and_evaluate(config, str(tmp_path))
+    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4]
+    with pytest.raises(ConfigError, match="optim.lr"):
+        train.train_and_evaluate(tiny_config(npz_path, **{"train.epochs": 4, "optim.lr": 0.5}), str(tmp_path))
+
+
+def test_sweep_matches_separate_runs(npz_path, tmp_path):
+    sweep = tiny_config(npz_path, **{"sweep.weight_decay": (1e-2, 0.0), "train.epochs": 4})
+    train.train_and_evaluate(sweep, str(tmp_path / "sweep"))
+    members = rows_by_member(tmp_path / "sweep")
+    for k, wd in enumerate((1e-2, 0.0)):
+        assert all(r["sweep"] == {"weight_decay": wd} for r in members[k])
+        single = tiny_config(npz_path, **{"optim.weight_decay": wd, "train.epochs": 4})
+        train.train_and_evaluate(single, str(tmp_path / f"single{k}"))
+        assert_rows_close(members[k], rows_by_member(tmp_path / f"single{k}")[0], rtol=1e-4)
+
+
+def test_four_devices_match_one(npz_path, tmp_path):
+    assert len(jax.devices()) >= 4
+    for n in (1, 4):
+        train.train_and_evaluate(tiny_config(npz_path, **{"mesh.num_devices": n}), str(tmp_path / str(n)))
+    assert_rows_close(rows_by_member(tmp_path / "4")[0], rows_by_member(tmp_path / "1")[0], rtol=1e-4)
+
+
+def test_divergence_names_epochs_and_keeps_outputs(npz_path, tmp_path):
+    config = tiny_config(npz_path, **{"optim.lr": 1e4})
+    with pytest.raises(DivergenceError, match=r"diverged between epochs \d+ and \d+.*last good state"):
+        train.train_and_evaluate(config, str(tmp_path))
+    rows = writers.read_metrics(str(tmp_path))
+    assert rows and all(np.isfinite(r["train_mse"]) for r in rows)
+
+
+def test_epoch_batches_cover_every_row_once_with_partial_batch(npz_path):
+    config = tiny_config(npz_path)
+    trainer = train.Trainer(config, train.make_mesh(1), (5,), 2)
+    idx, mask = trainer._epoch_batches(jax.random.PRNGKey(3), 100)
+    assert idx.shape == mask.shape == (4, 32)
+    real = np.asarray(idx)[np.asarray(mask) > 0]
+    assert sorted(real.tolist()) == list(range(100))
+    config.train.drop_last = True
+    idx, mask = train.Trainer(config, train.make_mesh(1), (5,), 2)._epoch_batches(jax.random.PRNGKey(3), 100)
+    assert idx.shape == (3, 32) and float(mask.sum()) == 96
+
+
+def test_eval_epochs_include_the_last():
+    config = mlp.get_config()
+    config.train.update(epochs=25, eval_every=10)
+    assert train.eval_epochs(0, config) == [10, 20, 25]
+    assert train.eval_epochs(20, config) == [25]
+    assert train.eval_epochs(25, config) == []
