@@ -8,11 +8,12 @@ transform named by `data_config.target_transform` after loading. Large image set
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import ml_collections
 
-from nrc_jax.data import carla, d4rl, minari, sgemm, synthetic_images, utkface
+from nrc_jax.data import carla, d4rl, minari, mujoco, sgemm, synthetic_images, utkface
 from nrc_jax.data.base import ArraySource, RegressionData, check_arrays, data_path
 from nrc_jax.data.npz import load_npz
 from nrc_jax.data.transforms import TRANSFORMS, TargetTransform, apply_forward, fit_transform
@@ -29,6 +30,7 @@ LOADERS: dict[str, Loader] = {
     "utkface": utkface.load_utkface,
     "sgemm": sgemm.load_sgemm,
     "synthetic_images": synthetic_images.load_synthetic_images,
+    **{name: functools.partial(mujoco.load, name) for name in mujoco.EXPERT_DATASETS},
 }
 
 # Sets that read files named by data.path (everything else is made locally, e.g. for `table`).
@@ -53,6 +55,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         "image_size": 0,  # square side images are resized to; 0 = the set's default (224 real, 32 synthetic)
         "image_normalization": "imagenet",  # 'imagenet' (mean/std) | 'unit' ([0, 1])
         "max_in_memory_mb": 2048.0,  # image sets larger than this (as float32) are streamed, not loaded
+        "action_noise": 0.0,  # swimmer/reacher/hopper: Gaussian std added to the expert's actions
+        "cache_dir": "",  # swimmer/reacher/hopper TFDS data_dir; "" = $NRC_JAX_DATA_DIR or ~/.cache/nrc_jax/tfds
     })
 
 

@@ -69,7 +69,8 @@ class StepData:
 
     observations (N, obs_dim) float32, actions (N, act_dim) float32, rewards (N,) float32,
     episode (N,) int32 episode index within the split, step (N,) int32 time step within the episode,
-    episode_returns (E,) full (uncut) returns of the E episodes used, env_seeds (E,).
+    episode_returns (E,) full (uncut) returns of the E episodes used, env_seeds (E,), cut_last: whether
+    the last episode was cut short to fit.
     """
 
     observations: np.ndarray
@@ -79,6 +80,7 @@ class StepData:
     step: np.ndarray
     episode_returns: np.ndarray
     env_seeds: np.ndarray
+    cut_last: bool
 
 
 def collect_steps(spec: EnvSpec, policy: Policy, num_steps: int, *, seed: int, split: str,
@@ -112,4 +114,5 @@ def collect_steps(spec: EnvSpec, policy: Policy, num_steps: int, *, seed: int, s
         step=np.concatenate([np.arange(n, dtype=np.int32) for n in lengths]),
         episode_returns=np.array([e.total_return for e in episodes]),
         env_seeds=np.array(env_seeds, dtype=np.int64),
+        cut_last=have > num_steps,
     )
