@@ -82,8 +82,9 @@ def plot_workdirs(workdirs: Sequence[str | pathlib.Path], out_dir: str | pathlib
             emit(figures.sweep_figure(key, swept, colours, notes), f"sweep_{key}",
                  f"final metrics against {SHORT_NAMES.get(key, key)} (Figures 5-9)")
 
-    blocks = [table.data_block_of_workdir(w) for w in loaded]
-    blocks += [table.data_block_from_loader(name) for name in table_datasets]
+    # Loaded data first: its exact statistics win over a workdir's fallbacks for the same data set.
+    blocks = [table.data_block_from_loader(name) for name in table_datasets]
+    blocks += [table.data_block_of_workdir(w) for w in loaded]
     (out / "table1.md").write_text(table.table1_markdown(blocks))
     written.append(out / "table1.md")
     entries.append(("table1.md", "Table 1: data set sizes, target correlations, λmin, λmax"))

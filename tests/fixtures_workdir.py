@@ -60,7 +60,7 @@ def write_workdir(path: pathlib.Path, *, dataset: str = "swimmer", sweep_key: st
     sweep values set lambda_h = lambda_w.
     """
     path.mkdir(parents=True, exist_ok=True)
-    optim = {"weight_decay": 0.0 if ufm else float(values[0]), "mode": "ufm" if ufm else "wd",
+    optim = {"weight_decay": 0.0 if ufm else float(values[0]), "regularizer": "ufm" if ufm else "weight_decay",
              "lambda_h": float(values[0]) if ufm else 0.0, "lambda_w": float(values[0]) if ufm else 0.0}
     config = {"data": {"name": dataset, "train_size": 1000, "test_size": 200}, "optim": optim,
               "train": {"epochs": int(epochs[-1])}, "seed": 0, "sweep": {}}
@@ -91,7 +91,8 @@ def write_workdir(path: pathlib.Path, *, dataset: str = "swimmer", sweep_key: st
             last = [r for r in rows if r["sweep_index"] == i][-1]
             entries.append({"sweep_index": i, "sweep": sweep, "gammas": gammas.tolist(),
                             "nrc3_curve": curve.tolist(), "best_gamma": best,
-                            "best_gamma_over_lambda_min": best / lambda_min,
+                            "best_gamma_over_lambda_min": best / lambda_min, "best_nrc3": 0.05,
+                            "epochs": [r["epoch"] for r in rows if r["sweep_index"] == i],
                             "nrc3_over_epochs": [r["nrc3"] for r in rows if r["sweep_index"] == i],
                             "final": last})
         doc: dict[str, Any] = {"members": entries}

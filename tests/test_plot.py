@@ -103,7 +103,7 @@ def test_ufm_mode_from_config_and_from_sweep_keys(tmp_path):
     assert group.ufm and group.varied == ("lambda_hw",) and group.slug == "swimmer_ufm"
     assert [v.label for v in group.values] == ["λH=λW=1e-2", "λH=λW=1e-4", "λH=λW=0"]
     config = json.loads((wd / "config.json").read_text())
-    del config["optim"]["mode"]
+    del config["optim"]["regularizer"]
     (wd / "config.json").write_text(json.dumps(config))
     assert load_workdir(wd).is_ufm
     fig = figures.sweep_figure("lambda_hw", [group], colours, [])
@@ -178,16 +178,20 @@ def test_table1_from_summary_fallbacks_and_loader(tmp_path):
     y = rng.standard_normal((400, 2)) @ np.array([[1.0, 0.0], [0.5, 0.2]])
     npz = tmp_path / "mine.npz"
     np.savez(npz, x_train=rng.standard_normal((400, 5)), y_train=y, x_test=np.zeros((40, 5)), y_test=np.zeros((40, 2)))
-    blocks = [table.data_block_of_workdir(w) for w in load_workdirs([with_block, without])]
-    blocks.append(table.data_block_from_loader(str(npz)))
+    own = write_workdir(tmp_path / "c", dataset="npz", data_block=False, sweep_key=None, values=(0.0,))
+    config = json.loads((own / "config.json").read_text())
+    config["data"] = {"name": "npz", "path": str(npz), "train_size": 0, "test_size": 0}  # 0 = default size
+    (own / "config.json").write_text(json.dumps(config))
+    blocks = [table.data_block_from_loader(str(npz))]  # the same data set as `own`, and exact: it goes first
+    blocks += [table.data_block_of_workdir(w) for w in load_workdirs([with_block, without, own])]
     lines = table.table1_markdown(blocks).splitlines()
-    hopper, carla, mine = (ln for ln in lines if ln.startswith("| ") and "data set" not in ln)
+    mine, hopper, carla = (ln for ln in lines if ln.startswith("| ") and "data set" not in ln)
     assert hopper == "| hopper | 1,000 | 200 | (8) | 3 | [-0.244, -0.244, -0.244] | 0.215 | 1.5 |"
     assert carla == "| carla1d | 1,000 | 200 | – | 1 | – (n = 1) | 0.276 | – |"  # sizes from config, λmin from rows
     sigma = np.cov(y.T, bias=True)
     eig = np.linalg.eigvalsh(sigma)
     corr = sigma[0, 1] / np.sqrt(sigma[0, 0] * sigma[1, 1])
-    assert mine == f"| {npz} | 400 | 40 | (5) | 2 | {corr:.3g} | {eig[0]:.3g} | {eig[1]:.3g} |"
+    assert mine == f"| mine | 400 | 40 | (5) | 2 | {corr:.3g} | {eig[0]:.3g} | {eig[1]:.3g} |"
 
 
 @pytest.mark.parametrize("case", ["missing", "no_metrics", "empty_metrics"])

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
 
 from nrc_jax.plotting.groups import (SHORT_NAMES, Group, SweepValue, format_value, pooled_final,
                                      pooled_series, setting)
@@ -19,7 +20,7 @@ from nrc_jax.plotting.workdir import DATA_BLOCK_KEYS, ROW_KEYS, SUMMARY_KEYS, Me
 
 PANEL_W, PANEL_H = 3.3, 3.1
 LAYER_W, LAYER_H = 2.3, 1.6
-BAND_ALPHA = 0.2
+BAND_ALPHA = 0.15
 TRAIN_STYLE, TEST_STYLE = "-", "--"
 
 # (panel title, y label, metrics drawn as (metric, line style), log y)
@@ -44,6 +45,13 @@ EVR_PCS = 5
 
 
 # ---------------------------------------------------------------- axes helpers
+class CompactLogFormatter(LogFormatter):
+    """Labels the ticks LogFormatter would label, written like the legends: "1e-2", "0.6", "2"."""
+
+    def __call__(self, x, pos=None):
+        return format_value(float(x)) if super().__call__(x, pos) else ""
+
+
 def set_epoch_axis(ax, epochs: np.ndarray) -> None:
     """Log x when the logged epochs span two decades or more (symlog if epoch 0 was logged)."""
     positive = epochs[epochs > 0]
@@ -61,6 +69,8 @@ def set_log_y(ax, *arrays: np.ndarray) -> None:
     positive = values[np.isfinite(values) & (values > 0)]
     if positive.size and positive.max() >= 10 * positive.min():
         ax.set_yscale("log", nonpositive="mask")
+        ax.yaxis.set_major_formatter(CompactLogFormatter())
+        ax.yaxis.set_minor_formatter(CompactLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
 
 
 def draw_band(ax, band, colour: str, style: str, seeds: int) -> None:
@@ -119,7 +129,8 @@ def training_figure(group: Group, colours: dict[str, str], notes: list[str]) -> 
             lowest = min(np.nanmin(b.mean) for b in drawn)
             ax.set_ylim(max(lowest - 0.05, -1.0), 1.02)
         ax.grid(True, which="major", alpha=0.3)
-    axes[0][4].set_title(f"{TRAINING_PANELS[4][0]}\n{nrc3_gamma_caption(group)}", fontsize=10)
+    if axes[0][4].get_lines():
+        axes[0][4].set_title(f"{TRAINING_PANELS[4][0]}\n{nrc3_gamma_caption(group)}", fontsize=10)
     fig.suptitle(f"{group.title}: training curves", fontsize=11)
     sweep_legend(fig, group.values, colours, (("train", TRAIN_STYLE), ("test", TEST_STYLE)))
     return fig
@@ -131,6 +142,8 @@ def nrc3_gamma_caption(group: Group) -> str:
     ratios = [m.summary.get(SUMMARY_KEYS["best_gamma_over_lambda_min"]) for v in group.values
               for m in v.members if m.summary]
     ratios = [r for r in ratios if isinstance(r, (int, float))]
+    if ratios and max(ratios) - min(ratios) < 0.005:
+        return f"(γ = final best, γ/λmin = {ratios[0]:.2f})"
     if ratios:
         return f"(γ = final best, γ/λmin ∈ [{min(ratios):.2f}, {max(ratios):.2f}])"
     return "(γ = final best)"

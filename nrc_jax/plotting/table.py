@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import pathlib
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,7 +37,7 @@ def data_block_from_loader(name: str) -> dict[str, Any]:
     else:
         config.name = name
     data = load_dataset(config)
-    block = {"name": name if config.name == "npz" else data.name, "train_size": int(data.y_train.shape[0]),
+    block = {"name": pathlib.Path(name).stem if config.name == "npz" else data.name, "train_size": int(data.y_train.shape[0]),
              "test_size": int(data.y_test.shape[0]), "input_shape": list(data.input_shape)}
     block.update(target_statistics(data.y_train))
     return block
@@ -52,9 +53,9 @@ def first_present(block: dict, column: str) -> Any:
 def data_block_of_workdir(workdir: Workdir) -> dict[str, Any]:
     """summary.json's `data` block, gaps filled from config.json and the logged rows."""
     block = {column: first_present(workdir.data_block, column) for column in DATA_BLOCK_KEYS}
-    block["name"] = block["name"] or workdir.dataset
+    block["name"] = workdir.dataset
     for column in ("train_size", "test_size"):
-        if block[column] is None:
+        if block[column] is None and config_value(workdir.config, column):  # 0 in a config = "the default"
             block[column] = config_value(workdir.config, column)
     rows = [row for m in workdir.members for row in m.rows]
     if block["lambda_min"] is None:
@@ -100,13 +101,14 @@ def table_row(block: dict) -> list[str]:
 
 
 def table1_markdown(blocks: Sequence[dict]) -> str:
-    """Markdown Table 1: one row per data set (duplicates by name keep the first)."""
-    seen, rows = set(), []
+    """Markdown Table 1: one row per data set name; for one name, earlier blocks win, later ones fill gaps."""
+    merged: dict[Any, dict] = {}
     for block in blocks:
-        if block.get("name") in seen:
-            continue
-        seen.add(block.get("name"))
-        rows.append(table_row(block))
+        into = merged.setdefault(block.get("name"), {})
+        for key, value in block.items():
+            if into.get(key) is None:
+                into[key] = value
+    rows = [table_row(block) for block in merged.values()]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     footer = ("\nSizes are rows; λmin/λmax are the extreme eigenvalues of the train-target covariance Σ "

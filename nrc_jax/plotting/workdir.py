@@ -42,7 +42,9 @@ CONFIG_KEYS: dict[str, str] = {
     "weight_decay": "optim.weight_decay",
     "lambda_h": "optim.lambda_h",
     "lambda_w": "optim.lambda_w",
-    "mode": "optim.mode",
+    "regularizer": "optim.regularizer",  # "weight_decay" | "ufm"
+    "mode": "optim.mode",  # older spelling of the regularizer field
+    "lr": "optim.lr",
     "epochs": "train.epochs",
     "seed": "seed",
 }
@@ -127,12 +129,15 @@ class Workdir:
 
     @property
     def dataset(self) -> str:
-        name = config_value(self.config, "dataset") or self.data_block.get("name")
+        name = self.data_block.get("name") or config_value(self.config, "dataset")
+        path = config_value(self.config, "data_path")
+        if name == "npz" and path:  # bring-your-own data: the file names the data set
+            return pathlib.Path(str(path)).stem
         return str(name) if name else self.path.name
 
     @property
     def is_ufm(self) -> bool:
-        if str(config_value(self.config, "mode") or "").lower() == "ufm":
+        if any(str(config_value(self.config, key) or "").lower() == "ufm" for key in ("regularizer", "mode")):
             return True
         return any(key in m.settings.get("_swept", ()) for m in self.members for key in UFM_KEYS)
 
@@ -219,7 +224,7 @@ def summary_data_block(summary: Any) -> dict:
 def member_settings(config: dict, sweep: dict) -> dict[str, Any]:
     """Effective hyper-parameters of one member: configured values, overridden by its sweep values."""
     settings: dict[str, Any] = {}
-    for name in ("weight_decay", "lambda_h", "lambda_w", "seed"):
+    for name in ("weight_decay", "lambda_h", "lambda_w", "lr", "seed"):
         value = config_value(config, name)
         if value is not None:
             settings[name] = value
