@@ -379,3 +379,9 @@ def gradient_descent(
     history = {k: rows[:, i] for i, k in enumerate(HISTORY_KEYS)}
     history.update(info)
     return H, W, b, history
+
+
+if __name__ == "__main__":
+    from nrc_jax import ufm_study  # matplotlib and absl stay out of the library import
+
+    ufm_study.main()

@@ -1,0 +1,50 @@
+"""UFM study: sweep c / lambda_min (lam_h = lam_w = sqrt(c)), closed form vs gradient descent.
+
+Launch:
+  python -m nrc_jax.ufm --config=configs/ufm.py                       # writes results/ufm/
+  python -m nrc_jax.ufm --config=configs/ufm.py:quick --config.out_dir=/tmp/ufm_quick
+  python -m nrc_jax.ufm --config=configs/ufm.py --config.synthetic.eigenvalues="(2.,1.,.5,.05)"
+Outputs: nrc_vs_c.png, trajectories.png, gaps.csv, gaps.md, summary.json (see nrc_jax/ufm_study.py).
+Expected runtime on the 2-core CPU: default about a minute (two compiles of ~10-20 s each, then
+10 sweep points and two trajectories); `:quick` about half of that, mostly compilation.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """`arg`: None/"" (default) or "quick" (fewer samples, points and iterations)."""
+    config = ml_collections.ConfigDict()
+    config.out_dir = "results/ufm"
+    config.seed = 0
+    # Which targets: "synthetic" (embedded: Gaussian rows with the exact covariance spectrum below).
+    # Real data sets (nrc_jax.data names) can be added here later.
+    config.targets = "synthetic"
+    config.synthetic = ml_collections.ConfigDict({
+        "num_samples": 500,                 # M
+        "eigenvalues": (1.0, 0.4, 0.1),     # spectrum of Sigma (n = its length), exact in the sample
+        "mean": 1.0,                        # every target's mean (so the bias b matters)
+    })
+    config.d = 32  # feature width (>= n)
+    # Sweep points c / lambda_min. Avoid exact eigenvalue ratios (here 1, 4 and 10): there a
+    # direction switches off, the optimum is degenerate and first-order convergence is sublinear.
+    config.ratios = (1e-3, 1e-2, 0.1, 0.3, 0.6, 1.5, 2.5, 6.0, 15.0, 40.0)
+    config.gd = ml_collections.ConfigDict({
+        "max_iters": 20_000,
+        "tol": 1e-13,
+        "log_every": 50,
+        "init_scale": 1.0,
+    })
+    # The lambda > 0 trajectory shown is the sweep point with this c / lambda_min; the lambda = 0
+    # run (which never meets a relative tolerance: its loss goes to 0) runs gd.max_iters iterations.
+    config.trajectory_ratio = 0.1
+    if arg == "quick":
+        config.synthetic.num_samples = 100
+        config.d = 8
+        config.ratios = (1e-2, 0.3, 2.5, 40.0)
+        config.gd.max_iters = 3_000
+        config.trajectory_ratio = 0.3
+    elif arg:
+        raise ValueError(f"configs/ufm.py: unknown argument {arg!r}; use '' or 'quick'")
+    return config
