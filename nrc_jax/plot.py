@@ -41,7 +41,11 @@ def save_figure(fig: Figure, out_dir: pathlib.Path, stem: str, pdf: bool, dpi: i
 
 def index_markdown(entries: Sequence[tuple[str, str]], notes: Sequence[str], workdirs: Sequence[str]) -> str:
     lines = ["# Figures", "", "Made by `python -m nrc_jax.plot` from: " + ", ".join(f"`{w}`" for w in workdirs), ""]
-    lines += [f"- [{name}]({name}): {what}" for name, what in entries]
+    for name, what in entries:
+        if name.endswith(".pdf"):
+            lines[-1] = lines[-1].replace("): ", f") ([pdf]({name})): ", 1)
+        else:
+            lines.append(f"- [{name}]({name}): {what}")
     if notes:
         lines += ["", "## Skipped", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"

@@ -274,14 +274,15 @@ def nrc3_gamma_figure(group: Group, colours: dict[str, str], notes: list[str]) -
         if best is not None:
             y_best = float(np.interp(best, x, y))
             ax.scatter([best], [y_best], marker="*", s=140, color=colour, edgecolor="black", zorder=3)
-            label += f": best {'γ/λmin' if relative else 'γ'} = {best:.3g}"
+            label += f": {'γ=λHλW' if group.ufm else 'best'}{', γ/λmin' if relative else ', γ'} = {best:.3g}"
         handles.append(Line2D([], [], color=colour, marker="*", markeredgecolor="black", label=label))
     set_log_y(ax, *[c[1] for _, c in curves])
     ax.set_xlabel("γ / λmin" if relative else "γ (λmin unknown)")
     ax.set_ylabel("final NRC3(γ)")
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle(f"{group.dataset}: final NRC3 against γ (★ = best γ)", fontsize=11)
+    marked = "γ used: λH·λW, not searched" if group.ufm else "best γ on the grid"
+    fig.suptitle(f"{group.title}:\nfinal NRC3 against γ (★ = {marked})", fontsize=10)
     return fig
 
 
