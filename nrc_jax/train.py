@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, metrics, models, optim, writers
+from nrc_jax import checkpoints, metrics, models, optim, validate, writers
 from nrc_jax.data import RegressionData, load_dataset
 from nrc_jax.errors import ConfigError, DivergenceError
 
@@ -164,8 +164,7 @@ class Trainer:
             num_batches = max(num_train // batch, 1)
             return perm[:num_batches * batch].reshape(num_batches, batch), jnp.ones((num_batches, batch))
         num_batches = -(-num_train // batch)
-        pad = num_batches * batch - num_train
-        idx = jnp.concatenate([perm, perm[:pad]]) if pad else perm
+        idx = jnp.resize(perm, num_batches * batch)  # repeats rows cyclically, even when batch > rows
         mask = (jnp.arange(num_batches * batch) < num_train).astype(jnp.float32)
         return idx.reshape(num_batches, batch), mask.reshape(num_batches, batch)
 
@@ -294,9 +293,10 @@ def _check_finite(rows: list[dict], previous_epoch: int, ckpt: checkpoints.Check
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains the configured run (resuming from `workdir` if it holds checkpoints) and returns the
     final metrics row of each sweep member as {"members": [row, ...]} (plus the summary)."""
-    optim.check_optim_config(config.optim)
+    validate.validate_config(config, num_devices=jax.device_count())  # before any loading or compiling
     members = writers.sweep_members(config)
     data = load_dataset(config.data)
+    validate.validate_data(config, data)
     mesh = make_mesh(config.mesh.num_devices)
     if config.train.batch_size % mesh.size:
         raise ConfigError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
