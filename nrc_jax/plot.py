@@ -22,7 +22,7 @@ from typing import Sequence
 
 from matplotlib.figure import Figure
 
-from nrc_jax.errors import UserError
+from nrc_jax.errors import DataError, UserError
 from nrc_jax.plotting import figures, table
 from nrc_jax.plotting.groups import SHORT_NAMES, build_groups, colour_map
 from nrc_jax.plotting.workdir import load_workdirs
@@ -59,7 +59,10 @@ def plot_workdirs(workdirs: Sequence[str | pathlib.Path], out_dir: str | pathlib
     """
     loaded = load_workdirs(workdirs)
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the output folder {out} (--out): {err}") from None
     groups = build_groups(loaded)
     colours = colour_map(groups)
     notes: list[str] = []

@@ -52,9 +52,11 @@ def member_rows(sweep_index: int, sweep: dict, reg: float, seed: int, n: int, la
 
 def write_workdir(path: pathlib.Path, *, dataset: str = "swimmer", sweep_key: str | None = "weight_decay",
                   values: Sequence[float] = (1e-2, 0.0), seeds: Sequence[int] = (0,), n: int = 2,
-                  layers: int = 0, ufm: bool = False, summary: bool = True, data_block: bool = True,
+                  lrs: Sequence[float] = (), layers: int = 0, ufm: bool = False, summary: bool = True, data_block: bool = True,
                   epochs: Sequence[int] = EPOCHS, lambda_min: float = 0.276) -> pathlib.Path:
     """A workdir with config.json, metrics.jsonl and (optionally) summary.json.
+
+    Members: the product of `values` (of `sweep_key`), `lrs` (if given) and `seeds`.
 
     sweep_key None: one member, its setting only in the config. ufm: config optim.mode = 'ufm' and
     sweep values set lambda_h = lambda_w.
@@ -67,14 +69,17 @@ def write_workdir(path: pathlib.Path, *, dataset: str = "swimmer", sweep_key: st
     members = []
     index = 0
     for value in (values if sweep_key else values[:1]):
-        for seed in (seeds if sweep_key else seeds[:1]):
-            sweep: dict[str, Any] = {}
-            if sweep_key:
-                sweep = {"lambda_h": value, "lambda_w": value} if ufm else {sweep_key: value}
-                if len(seeds) > 1:
-                    sweep["seed"] = seed
-            members.append((index, sweep, value, seed))
-            index += 1
+        for lr in lrs or (None,):
+            for seed in (seeds if sweep_key else seeds[:1]):
+                sweep: dict[str, Any] = {}
+                if sweep_key:
+                    sweep = {"lambda_h": value, "lambda_w": value} if ufm else {sweep_key: value}
+                    if lr is not None:
+                        sweep["lr"] = lr
+                    if len(seeds) > 1:
+                        sweep["seed"] = seed
+                members.append((index, sweep, value, seed))
+                index += 1
     if sweep_key:
         config["sweep"] = {k: sorted({m[1][k] for m in members}) for k in members[0][1]}
     (path / "config.json").write_text(json.dumps(config, indent=1))

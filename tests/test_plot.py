@@ -113,6 +113,16 @@ def test_ufm_mode_from_config_and_from_sweep_keys(tmp_path):
     np.testing.assert_allclose(dotted[0].get_ydata(), [np.minimum(eig, v ** 2).sum() for v in (1e-2, 1e-4, 0.0)])
 
 
+def test_two_swept_knobs_label_every_setting(tmp_path):
+    wd = write_workdir(tmp_path / "grid", values=(1e-2, 0.0), lrs=(0.1, 0.01))
+    (group,), colours = groups_of(wd)
+    assert group.varied == ("lr", "weight_decay")
+    assert [v.label for v in group.values] == ["lr=0.1, wd=1e-2", "lr=0.1, wd=0", "lr=1e-2, wd=1e-2", "lr=1e-2, wd=0"]
+    assert colours["lr=0.1, wd=0"] != colours["lr=1e-2, wd=0"]  # only all-zero settings are black
+    fig = figures.sweep_figure("lr", [group], colours, [])
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == [v.label for v in group.values]
+
+
 def test_layer_heat_maps(swept, tmp_path):
     (group,), colours = groups_of(swept)
     fig = figures.layers_figure(group, colours, [])
@@ -211,3 +221,12 @@ def test_cli_errors_name_the_path_and_exit_2(tmp_path, capsys, case):
 def test_format_value():
     assert [format_value(v) for v in (0.0, 1e-2, 1.5e-3, 5e-5, 0.5, 3, 100.0, "adam")] == \
         ["0", "1e-2", "1.5e-3", "5e-5", "0.5", "3", "100", "adam"]
+
+
+def test_cli_unusable_out_folder_exits_2(tmp_path, capsys):
+    wd = write_workdir(tmp_path / "swimmer", values=(1e-2,), sweep_key=None)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert plot.main([str(wd), "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and str(blocker / "out") in err and "Traceback" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import matplotlib
 import numpy as np
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
@@ -193,7 +194,7 @@ def evr_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Figur
         return None
     n = group_target_dim(group)
     fig, axes = new_figure(1, len(evrs), extra_width=1.4)
-    pc_colours = [f"C{i}" for i in range(EVR_PCS)]
+    pc_colours = [matplotlib.colormaps["viridis"](i / EVR_PCS) for i in range(EVR_PCS)]  # not the sweep palette
     for ax, (value, (epochs, evr)) in zip(axes[0], evrs):
         for i in range(evr.shape[1]):
             ax.plot(epochs, evr[:, i], color=pc_colours[i], linewidth=1.6)
@@ -323,8 +324,11 @@ def sweep_figure(key: str, groups: Sequence[Group], colours: dict[str, str], not
                             fontsize=7, color="0.3")
             if log_y:
                 set_log_y(ax, stats[:, 0])
-            ax.set_xticks(positions, [format_value(dict(v.key).get(key, "?")) for v in values])
-            ax.set_xlabel(f"{name} (swept)")
+            if len(group.varied) > 1:  # several swept knobs: a tick names the whole setting
+                ax.set_xticks(positions, [v.label for v in values], rotation=30, ha="right", fontsize=7)
+            else:
+                ax.set_xticks(positions, [format_value(dict(v.key).get(key, "?")) for v in values])
+            ax.set_xlabel(f"{name} (swept)" if len(group.varied) == 1 else "setting")
             ax.set_ylabel(ylabel)
             ax.grid(True, alpha=0.3)
         row[0].set_title(group.title, fontsize=9, loc="left")
