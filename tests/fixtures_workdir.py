@@ -102,9 +102,10 @@ def write_workdir(path: pathlib.Path, *, dataset: str = "swimmer", sweep_key: st
                             "final": last})
         doc: dict[str, Any] = {"members": entries}
         if data_block:
-            corr = np.full((n, n), -0.244) + np.eye(n) * 1.244
-            doc["data"] = {"name": dataset, "train_size": 1000, "test_size": 200, "input_shape": [8], "n": n,
-                           "target_corr": corr.tolist(), "lambda_min": lambda_min, "lambda_max": 1.5,
+            pairs = [-0.244] * (n * (n - 1) // 2)  # nrc_jax.data.base.table1_row's form, plus eigenvalues
+            doc["data"] = {"name": dataset, "train_size": 1000, "test_size": 200, "input_shape": [8],
+                           "target_dim": n, "target_correlation": None if n == 1 else pairs[0] if n == 2 else pairs,
+                           "lambda_min": lambda_min, "lambda_max": 1.5,
                            "eigenvalues": np.linspace(1.5, lambda_min, n).tolist()}
         (path / "summary.json").write_text(json.dumps(doc))
     return path

@@ -230,3 +230,10 @@ def test_cli_unusable_out_folder_exits_2(tmp_path, capsys):
     assert plot.main([str(wd), "--out", str(blocker / "out")]) == 2
     err = capsys.readouterr().err
     assert "--out" in err and str(blocker / "out") in err and "Traceback" not in err
+
+
+def test_target_correlation_forms():
+    matrix = [[1.0, -0.215, -0.09], [-0.215, 1.0, 0.059], [-0.09, 0.059, 1.0]]
+    assert table.format_corr(matrix, 3) == table.format_corr([-0.215, -0.09, 0.059], 3) == "[-0.215, -0.09, 0.059]"
+    assert table.format_corr(-0.244, 2) == "-0.244"
+    assert table.format_corr(None, 1) == "– (n = 1)" and table.format_corr(None, 2) == "–"

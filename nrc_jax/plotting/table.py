@@ -14,32 +14,19 @@ COLUMNS = ("data set", "train size", "test size", "input shape", "n", "target co
 MISSING = "–"
 
 
-def target_statistics(targets: np.ndarray) -> dict[str, Any]:
-    """Table 1 fields of targets (M, n): n, correlation matrix (n, n), eigenvalues of Σ (descending)."""
-    y = np.asarray(targets, dtype=np.float64)
-    centered = y - y.mean(0)
-    sigma = centered.T @ centered / y.shape[0]  # (n, n), the spec's biased covariance
-    eig = np.sort(np.linalg.eigvalsh(sigma))[::-1]
-    std = np.sqrt(np.diag(sigma))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        corr = sigma / np.outer(std, std)
-    return {"n": int(y.shape[1]), "target_corr": corr.tolist(), "eigenvalues": eig.tolist(),
-            "lambda_min": float(eig[-1]), "lambda_max": float(eig[0])}
-
-
 def data_block_from_loader(name: str) -> dict[str, Any]:
     """Table 1 fields computed by loading a data set: a registry name, or a path to an .npz file."""
     from nrc_jax.data import default_data_config, load_dataset
+    from nrc_jax.data.base import table1_row
 
     config = default_data_config()
     if name.endswith(".npz") or "/" in name:
         config.name, config.path = "npz", name
     else:
         config.name = name
-    data = load_dataset(config)
-    block = {"name": pathlib.Path(name).stem if config.name == "npz" else data.name, "train_size": int(data.y_train.shape[0]),
-             "test_size": int(data.y_test.shape[0]), "input_shape": list(data.input_shape)}
-    block.update(target_statistics(data.y_train))
+    block = normalized_block(table1_row(load_dataset(config)))
+    if config.name == "npz":
+        block["name"] = pathlib.Path(name).stem  # the same name a workdir trained on this file gets
     return block
 
 
@@ -50,9 +37,14 @@ def first_present(block: dict, column: str) -> Any:
     return None
 
 
+def normalized_block(raw: dict) -> dict[str, Any]:
+    """Table 1 column -> value, whichever accepted key (DATA_BLOCK_KEYS) the source used."""
+    return {column: first_present(raw, column) for column in DATA_BLOCK_KEYS}
+
+
 def data_block_of_workdir(workdir: Workdir) -> dict[str, Any]:
     """summary.json's `data` block, gaps filled from config.json and the logged rows."""
-    block = {column: first_present(workdir.data_block, column) for column in DATA_BLOCK_KEYS}
+    block = normalized_block(workdir.data_block)
     block["name"] = workdir.dataset
     for column in ("train_size", "test_size"):
         if block[column] is None and config_value(workdir.config, column):  # 0 in a config = "the default"
@@ -80,6 +72,8 @@ def format_number(value: Any) -> str:
 def format_corr(corr: Any, n: Any) -> str:
     if n == 1:
         return MISSING + " (n = 1)"
+    if isinstance(corr, (int, float)) and not isinstance(corr, bool):
+        return f"{corr:.3g}"
     if not isinstance(corr, list) or not corr:
         return MISSING
     matrix = np.asarray(corr, dtype=np.float64)
