@@ -122,19 +122,23 @@ def build_groups(workdirs: Sequence[Workdir]) -> list[Group]:
 
 
 def colour_map(groups: Sequence[Group]) -> dict[str, str]:
-    """Label -> colour, the same in every figure: all-zero settings black, the rest in sorted order."""
-    labels: dict[str, tuple] = {}
+    """Label -> colour, the same in every figure of one call: all-zero settings black, the others
+    from the palette in decreasing value order, counted separately per swept knob (wd, λH=λW, ...)
+    since one figure shows one knob, so the palette wraps only past 10 values of one knob."""
+    by_knob: dict[tuple[str, ...], dict[str, tuple]] = {}
     for g in groups:
         for v in g.values:
-            labels.setdefault(v.label, tuple(_sort_key(x) for _, x in v.key))
-    colours, i = {}, 0
-    for label, _ in sorted(labels.items(), key=lambda item: (item[0].split("=")[0], item[1])):
-        value_parts = [p.split("=")[-1] for p in label.split(", ")]
-        if all(p == "0" for p in value_parts):
-            colours[label] = ZERO_COLOUR
-        else:
-            colours[label] = PALETTE[i % len(PALETTE)]
-            i += 1
+            knob = tuple(k for k, _ in v.key)
+            by_knob.setdefault(knob, {})[v.label] = tuple(_sort_key(x) for _, x in v.key)
+    colours = {}
+    for labels in by_knob.values():
+        i = 0
+        for label, _ in sorted(labels.items(), key=lambda item: item[1]):
+            if all(p.split("=")[-1] == "0" for p in label.split(", ")):
+                colours[label] = ZERO_COLOUR
+            else:
+                colours[label] = PALETTE[i % len(PALETTE)]
+                i += 1
     return colours
 
 
