@@ -1,0 +1,255 @@
+"""Per-layer ("deep") Neural Regression Collapse metrics from sufficient statistics, pure jax.numpy.
+
+Rows are samples. For hidden layer i the features are `H_i` (M, d_i), the targets `Y` (M, n).
+Every metric is computed from the layer's `metrics.FeatureStats` (sums over samples that add over
+batches, devices and hosts), so a sharded data set is measured exactly inside compiled code; no
+M x M matrix is ever formed. With `S_h` the centered feature covariance (d_i, d_i), `S_hy` the
+centered feature-target cross-covariance (d_i, n), `S_yy` the centered target covariance (n, n),
+`S~` the second moment of the per-sample normalized features, and `V_n` (d_i, n) the top-n
+eigenvectors of `S_h`:
+
+  nrc1_variance       1 - tr(V_n^T S_h V_n) / tr(S_h)                  (Deep NRC's NRC1)
+  nrc1                1 - tr(V_n^T S~ V_n) / tr(S~)                     (the paper's NRC1)
+  stable_rank         tr(S_h) / ||S_h||_2 = sum_k s_k^2 / max_k s_k^2, s the singular values of
+                      the centered feature matrix
+  weight_stable_rank  ||W_i||_F^2 / ||W_i||_2^2 of the weight matrix that produces the layer
+                      (`layer_weights`)
+  alignment           mean singular value of V_n^T R_n (n x n): the mean cosine of the principal
+                      angles between the top-n feature PCs and R_n (d_i, n), the top-n right
+                      singular vectors of the NEXT layer's weights (the directions of layer i that
+                      the next layer reads; the head W for the last hidden layer, so there it
+                      compares the PCs with W's row space). 1 = same subspace, ~sqrt(n/d_i) random.
+  cka                 linear CKA of features and targets, ||S_hy||_F^2 / (||S_h||_F ||S_yy||_F)
+                      (the 1/M factors cancel), invariant to isotropic scaling and orthogonal
+                      transforms of either side
+  probe_mse           training MSE (summed over target dims, like `metrics.mse`) of the least-squares
+                      probe Y ~ H_i B + c: B = (S_h + r I)^{-1} S_hy with the small ridge
+                      r = probe_ridge * tr(S_h) / d_i, c the mean residual (so the bias is exact)
+
+Layers are numbered from 0 in depth order, like `inspect --export`'s `layer_features_<i>`.
+The weights each layer uses (`layer_weights`):
+  mlp         W_i = dense_i kernel^T (d_i, d_{i-1}); reader = dense_{i+1} kernel^T, head W for the last
+  small_cnn   conv_i: W_i = its kernel reshaped to (c_out, 3*3*c_in); reader = conv_{i+1} kernel summed
+              over its 3x3 window (c_next, c_i), i.e. the map a spatially constant input sees (an
+              approximation), feature_dense for the last conv (exact: it reads the pooled output)
+  resnet      stage s: W = the stage's last conv2 reshaped; reader = the next stage's first conv1
+              summed over its window (approximation), feature_dense or the head for the last stage
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from nrc_jax import metrics, models
+from nrc_jax.errors import ConfigError, DataError
+
+Array = jax.Array
+LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")
+DEFAULT_PROBE_RIDGE = 1e-6
+
+_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+
+
+class LayerWeights(NamedTuple):
+    """The weights around one hidden layer of width d: `own` (d, fan_in) produces it, `reader`
+    (d_next, d) reads it (rows are output units, like the head W (n, d))."""
+
+    own: Array
+    reader: Array
+
+
+# ----------------------------------------------------------------------------- building blocks
+def _symmetrize(m: Array) -> Array:
+    return 0.5 * (m + m.T)
+
+
+def _centered(total: Array, first_a: Array, first_b: Array, count: Array) -> Array:
+    """(1/M) sum (a - abar)(b - bbar)^T from sum a b^T, sum a, sum b and M."""
+    return (total - jnp.outer(first_a, first_b) / count) / count
+
+
+def _safe_divide(num: Array, den: Array) -> Array:
+    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+
+def stable_rank(matrix: Array) -> Array:
+    """||A||_F^2 / ||A||_2^2 of a 2-D matrix (nan for A = 0). Jittable."""
+    singular = jnp.linalg.svd(matrix, compute_uv=False)
+    return _safe_divide(jnp.sum(singular**2), jnp.max(singular) ** 2)
+
+
+def top_right_singular_vectors(matrix: Array, k: int) -> Array:
+    """(cols, min(k, rows, cols)) orthonormal columns: the top right singular vectors of A (rows, cols)."""
+    _, _, vt = jnp.linalg.svd(matrix, full_matrices=False)
+    return vt[:k].T
+
+
+def subspace_alignment(basis_a: Array, basis_b: Array) -> Array:
+    """Mean singular value of basis_a^T basis_b for orthonormal columns (d, p) and (d, q):
+    the mean cosine of the min(p, q) principal angles between the two subspaces, in [0, 1]."""
+    return jnp.mean(jnp.linalg.svd(_dot(basis_a.T, basis_b), compute_uv=False))
+
+
+def _residual_fraction(moment: Array, basis: Array) -> Array:
+    total = jnp.trace(moment)
+    captured = jnp.sum(basis * _dot(moment, basis))
+    return jnp.maximum(total - captured, 0.0) / total
+
+
+def linear_cka_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array) -> Array:
+    """Linear CKA ||S_hy||_F^2 / (||S_hh||_F ||S_yy||_F) from centered (d,d), (d,n), (n,n) covariances."""
+    return _safe_divide(jnp.sum(s_hy**2), jnp.linalg.norm(s_hh) * jnp.linalg.norm(s_yy))
+
+
+def probe_mse_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array,
+                               ridge: float = DEFAULT_PROBE_RIDGE) -> Array:
+    """Training MSE of the ridge least-squares probe Y ~ H B + c from centered covariances.
+
+    With S_hh = U diag(e) U^T, r = ridge * tr(S_hh) / d and G = U^T S_hy, the probe
+    B = U diag(1/(e + r)) G leaves MSE = tr(S_yy) - 2 tr(B^T S_hy) + tr(B^T S_hh B)
+    = tr(S_yy) - sum_k ||G_k||^2 (e_k + 2r) / (e_k + r)^2 (clipped at 0 against rounding).
+    """
+    values, vectors = jnp.linalg.eigh(_symmetrize(s_hh))
+    values = jnp.clip(values, 0.0, None)
+    r = ridge * jnp.sum(values) / s_hh.shape[0]
+    g_sq = jnp.sum(_dot(vectors.T, s_hy) ** 2, axis=1)
+    den = (values + r) ** 2
+    explained = jnp.sum(jnp.where(den > 0, g_sq * (values + 2 * r) / jnp.where(den > 0, den, 1.0), 0.0))
+    return jnp.maximum(jnp.trace(s_yy) - explained, 0.0)
+
+
+# ----------------------------------------------------------------------------- one layer
+def layer_metrics_from_stats(stats: metrics.FeatureStats, weights: LayerWeights | None = None, *,
+                             n: int | None = None, probe_ridge: float = DEFAULT_PROBE_RIDGE) -> dict[str, Array]:
+    """Every per-layer metric (module docstring) of one hidden layer. Jittable.
+
+    Args:
+      stats: FeatureStats of the layer's features (d) and the targets (n) over the whole set.
+      weights: the layer's LayerWeights; without it weight_stable_rank and alignment are nan.
+      n: number of principal directions (default: the target dim), 1 <= n <= d.
+      probe_ridge: relative ridge of the linear probe (see `probe_mse_from_covariances`).
+    Returns: dict of scalars keyed by LAYER_KEYS.
+    """
+    d, n_targets = stats.sum_hy.shape
+    n = n_targets if n is None else n
+    if not 1 <= n <= d:
+        raise ConfigError(f"n={n} principal directions need 1 <= n <= d={d} (layer width)")
+    if weights is not None and weights.reader.shape[1] != d:
+        raise DataError(f"reader weights shape {tuple(weights.reader.shape)} do not read a layer of width {d}")
+    return _layer_metrics_impl(stats, weights, n, probe_ridge)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _layer_metrics_impl(stats, weights, n, probe_ridge):
+    count = stats.count
+    s_hh = _symmetrize(_centered(stats.sum_hh, stats.sum_h, stats.sum_h, count))
+    s_hy = _centered(stats.sum_hy, stats.sum_h, stats.sum_y, count)
+    s_yy = _symmetrize(_centered(stats.sum_yy, stats.sum_y, stats.sum_y, count))
+    values, vectors = jnp.linalg.eigh(s_hh)
+    values = jnp.clip(values[::-1], 0.0, None)
+    pcs = vectors[:, ::-1][:, :n]
+    out = {
+        "nrc1_variance": _residual_fraction(s_hh, pcs),
+        "nrc1": _residual_fraction(stats.sum_hn_hn, pcs),
+        "stable_rank": _safe_divide(jnp.sum(values), values[0]),
+        "cka": linear_cka_from_covariances(s_hh, s_hy, s_yy),
+        "probe_mse": probe_mse_from_covariances(s_hh, s_hy, s_yy, probe_ridge),
+    }
+    nan = jnp.full((), jnp.nan, s_hh.dtype)
+    if weights is None:
+        out["weight_stable_rank"] = out["alignment"] = nan
+    else:
+        reader = weights.reader.astype(s_hh.dtype)
+        out["weight_stable_rank"] = stable_rank(weights.own.astype(s_hh.dtype))
+        out["alignment"] = subspace_alignment(pcs, top_right_singular_vectors(reader, n))
+    return {k: out[k] for k in LAYER_KEYS}
+
+
+def layer_metrics(features: Any, targets: Any, weights: LayerWeights | None = None, *, n: int | None = None,
+                  probe_ridge: float = DEFAULT_PROBE_RIDGE) -> dict[str, Array]:
+    """`layer_metrics_from_stats` of arrays: features (M, d), targets (M, n) or (M,)."""
+    y = jnp.asarray(targets)
+    y = y[:, None] if y.ndim == 1 else y
+    stats = metrics.feature_stats(features, y, y)
+    return layer_metrics_from_stats(stats, weights, n=n, probe_ridge=probe_ridge)
+
+
+# ----------------------------------------------------------------------------- a whole network
+def _dense(params: Any, name: str) -> Array:
+    return params[name]["kernel"].T
+
+
+def _conv_matrix(kernel: Array) -> Array:
+    """(kh, kw, c_in, c_out) -> (c_out, kh*kw*c_in), the matrix of the convolution on patches."""
+    return kernel.reshape(-1, kernel.shape[-1]).T
+
+
+def _conv_constant_input(kernel: Array) -> Array:
+    """(kh, kw, c_in, c_out) -> (c_out, c_in): the convolution applied to a spatially constant input."""
+    return jnp.sum(kernel, axis=(0, 1)).T
+
+
+def layer_weights(params: Any, model_config: Any) -> list[LayerWeights]:
+    """LayerWeights of every hidden layer of `models.get_model(model_config, n)`, in depth order
+    (one entry per element of the model's `hidden` list; module docstring says which weights)."""
+    arch = model_config.arch
+    head = models.head_params(params)[0]
+    if arch == "mlp":
+        names = [f"dense_{i}" for i in range(len(model_config.widths))]
+        own = [_dense(params, name) for name in names]
+        return [LayerWeights(w, r) for w, r in zip(own, own[1:] + [head])]
+    if arch == "small_cnn":
+        convs = [params[f"conv_{i}"]["kernel"] for i in range(len(model_config.channels))]
+        feature = _dense(params, "feature_dense")
+        readers = [_conv_constant_input(k) for k in convs[1:]] + [feature, head]
+        return [LayerWeights(w, r) for w, r in zip([_conv_matrix(k) for k in convs] + [feature], readers)]
+    if arch in ("resnet18", "resnet34"):
+        stages = (2, 2, 2, 2) if arch == "resnet18" else (3, 4, 6, 3)
+        own = [_conv_matrix(params[f"stage{s}_block{b - 1}"]["conv2"]["kernel"]) for s, b in enumerate(stages)]
+        readers = [_conv_constant_input(params[f"stage{s}_block0"]["conv1"]["kernel"]) for s in range(1, len(stages))]
+        if model_config.feature_dim:
+            feature = _dense(params, "feature_dense")
+            return [LayerWeights(w, r) for w, r in zip(own + [feature], readers + [feature, head])]
+        return [LayerWeights(w, r) for w, r in zip(own, readers + [head])]
+    raise ConfigError(f"model.arch={arch!r}: per-layer weights known for mlp, small_cnn, resnet18, resnet34")
+
+
+def per_layer_metrics(hidden: Sequence[Array], targets: Array, predictions: Array, weights: Sequence[LayerWeights],
+                      mask: Array | None = None, *, probe_ridge: float = DEFAULT_PROBE_RIDGE) -> dict[str, Array]:
+    """Per-layer metrics of a network on one set, for use inside compiled code.
+
+    Args:
+      hidden: list of L feature arrays (M, d_i), in depth order.
+      targets, predictions: (M, n). weights: L LayerWeights (`layer_weights`).
+      mask: optional (M,) row mask (padding rows 0).
+    Returns: dict key -> (L,) array for every LAYER_KEYS entry, plus `width` (L,) int32.
+    """
+    if len(hidden) != len(weights):
+        raise DataError(f"{len(hidden)} hidden layers but {len(weights)} LayerWeights")
+    per_layer = [layer_metrics_from_stats(metrics.feature_stats(h, targets, predictions, mask), w,
+                                          probe_ridge=probe_ridge)
+                 for h, w in zip(hidden, weights)]
+    out = {k: jnp.stack([m[k] for m in per_layer]) for k in LAYER_KEYS}
+    out["width"] = jnp.asarray([h.shape[-1] for h in hidden], jnp.int32)
+    return out
+
+
+def layer_rows(layers: dict[str, Any]) -> list[dict]:
+    """Host conversion of one member's `per_layer_metrics` ((L,) arrays) to the `layers` list of a
+    metrics.jsonl row: [{"layer": i, "width": d_i, "nrc1_variance": ..., ...}, ...] in depth order."""
+    arrays = {k: np.asarray(v) for k, v in layers.items()}
+    rows = []
+    for i in range(len(arrays["width"])):
+        row = {"layer": i, "width": int(arrays["width"][i])}
+        row.update({k: float(arrays[k][i]) for k in LAYER_KEYS})
+        rows.append(row)
+    return rows
+
+
+__all__ = ["LAYER_KEYS", "LayerWeights", "stable_rank", "top_right_singular_vectors", "subspace_alignment",
+           "linear_cka_from_covariances", "probe_mse_from_covariances", "layer_metrics_from_stats",
+           "layer_metrics", "layer_weights", "per_layer_metrics", "layer_rows"]
