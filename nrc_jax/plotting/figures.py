@@ -16,7 +16,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from nrc_jax.plotting.groups import (SHORT_NAMES, Group, SweepValue, format_value, pooled_final,
-                                     pooled_series, setting)
+                                     pooled_series, setting, sort_key)
 from nrc_jax.plotting.workdir import DATA_BLOCK_KEYS, ROW_KEYS, SUMMARY_KEYS, Member, as_float_array
 
 PANEL_W, PANEL_H = 3.3, 3.1
@@ -333,7 +333,7 @@ def sweep_figure(key: str, groups: Sequence[Group], colours: dict[str, str], not
             ax.grid(True, alpha=0.3)
         row[0].set_title(group.title, fontsize=9, loc="left")
     all_values = [v for g in groups for v in g.values]
-    unique = list({v.label: v for v in all_values}.values())
+    unique = sorted({v.label: v for v in all_values}.values(), key=lambda v: [sort_key(x) for _, x in v.key])
     sweep_legend(fig, unique, colours)
     fig.suptitle(f"Sweep over {name}: final metrics (points: seed mean, bars: min-max); curves per value "
                  f"in <dataset>_training.png", fontsize=11)

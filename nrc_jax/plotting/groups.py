@@ -80,7 +80,8 @@ def format_value(value: Any) -> str:
     return f"{mantissa:g}e{exponent}"
 
 
-def _sort_key(value: Any) -> tuple:
+def sort_key(value: Any) -> tuple:
+    """Numbers first, in decreasing order (the paper lists sweeps from the largest value down)."""
     return (0, -float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))
 
 
@@ -116,7 +117,7 @@ def build_groups(workdirs: Sequence[Workdir]) -> list[Group]:
         for m in members:
             key = tuple((k, setting(m, k)) for k in varied)
             values.setdefault(key, SweepValue(key, [])).members.append(m)
-        ordered = sorted(values.values(), key=lambda v: tuple(_sort_key(x) for _, x in v.key))
+        ordered = sorted(values.values(), key=lambda v: tuple(sort_key(x) for _, x in v.key))
         groups.append(Group(dataset, ufm, varied, ordered, wds))
     return groups
 
@@ -129,7 +130,7 @@ def colour_map(groups: Sequence[Group]) -> dict[str, str]:
     for g in groups:
         for v in g.values:
             knob = tuple(k for k, _ in v.key)
-            by_knob.setdefault(knob, {})[v.label] = tuple(_sort_key(x) for _, x in v.key)
+            by_knob.setdefault(knob, {})[v.label] = tuple(sort_key(x) for _, x in v.key)
     colours = {}
     for labels in by_knob.values():
         i = 0
