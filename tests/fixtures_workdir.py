@@ -42,7 +42,7 @@ def member_rows(sweep_index: int, sweep: dict, reg: float, seed: int, n: int, la
             "lambda_min": lambda_min, "time_s": 0.1 * t,
         }
         if layers:
-            row["layers"] = [{"nrc1_variance": float(nrc[t] * (layers - i) / layers), "nrc1": float(nrc[t]),
+            row["layers"] = [{"layer": i, "width": 256, "nrc1_variance": float(nrc[t] * (layers - i) / layers), "nrc1": float(nrc[t]),
                               "stable_rank": 10.0 - i - t * 0.5, "weight_stable_rank": 5.0 + i,
                               "alignment": 0.5 + 0.05 * i, "cka": 0.2 + 0.1 * i,
                               "probe_mse": float(train_mse[t] * (layers - i))} for i in range(layers)]

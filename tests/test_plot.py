@@ -129,6 +129,18 @@ def test_layer_heat_maps(swept, tmp_path):
     images = [im for ax in fig.axes for im in ax.images]
     assert len(images) == 7 * 3  # 7 per-layer keys x 3 sweep values
     assert images[0].get_array().shape == (3, len(EPOCHS))  # (layers, evaluations)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["1 (256)", "2 (256)", "3 (256)"]
+    nan_rows = write_workdir(tmp_path / "nan", values=(1e-2,), sweep_key=None, layers=2)
+    rows = [json.loads(line) for line in (nan_rows / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        for layer in r["layers"]:
+            layer["alignment"] = float("nan")  # what the engine logs when a layer has no weights
+    (nan_rows / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (group,), colours = groups_of(nan_rows)
+    notes = []
+    fig = figures.layers_figure(group, colours, notes)
+    assert notes == ["layers_swimmer: 'alignment' has no finite values"]
+    assert len([im for ax in fig.axes for im in ax.images]) == 6
     plain = write_workdir(tmp_path / "plain", values=(1e-2,))
     (group,), colours = groups_of(plain)
     assert figures.layers_figure(group, colours, []) is None

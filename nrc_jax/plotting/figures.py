@@ -6,6 +6,7 @@ Every builder takes the groups from `groups.build_groups`, the shared label -> c
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import matplotlib
@@ -42,6 +43,7 @@ FINAL_PANELS: tuple[tuple[str, str, bool], ...] = (
 # Per-layer keys in display order; other numeric keys found in `layers` follow alphabetically.
 LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")
 LAYER_LOG_KEYS = ("probe_mse",)
+LAYER_META_KEYS = ("layer", "index", "depth", "width")  # descriptive, not heat-mapped
 EVR_PCS = 5
 
 
@@ -348,7 +350,18 @@ def layer_keys(group: Group) -> list[str]:
             for row in m.rows:
                 for layer in row.get(ROW_KEYS["layers"]) or []:
                     found.update(k for k, x in layer.items() if isinstance(x, (int, float)) and not isinstance(x, bool))
-    return [k for k in LAYER_KEYS if k in found] + sorted(found - set(LAYER_KEYS) - {"layer", "index", "depth"})
+    return [k for k in LAYER_KEYS if k in found] + sorted(found - set(LAYER_KEYS) - set(LAYER_META_KEYS))
+
+
+def layer_tick_labels(group: Group, depth: int) -> list[str]:
+    """'1', '2', ... or '1 (256)' with the layer width when the rows carry one."""
+    for v in group.values:
+        for row in v.members[0].rows:
+            layers = row.get(ROW_KEYS["layers"])
+            if isinstance(layers, list) and len(layers) >= depth:
+                return [f"{i + 1} ({layers[i]['width']})" if isinstance(layers[i].get("width"), int) else str(i + 1)
+                        for i in range(depth)]
+    return [str(i + 1) for i in range(depth)]
 
 
 def layer_matrix(members: Sequence[Member], key: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -369,7 +382,9 @@ def layer_matrix(members: Sequence[Member], key: str) -> tuple[np.ndarray, np.nd
     if not common or depth == 0:
         return None
     stacked = np.asarray([[t[e][:depth] for e in common] for t in tables])  # (seeds, T, L)
-    return np.asarray(common), np.nanmean(stacked, 0).T
+    with warnings.catch_warnings():  # an all-NaN key (no weights for that layer) stays NaN quietly
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(common), np.nanmean(stacked, 0).T
 
 
 def layers_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Figure | None:
@@ -402,13 +417,13 @@ def layers_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Fi
             image = ax.imshow(matrix, aspect="auto", interpolation="nearest", cmap="viridis", norm=norm)
             ticks = np.unique(np.linspace(0, len(epochs) - 1, min(4, len(epochs))).round().astype(int))
             ax.set_xticks(ticks, [format_value(float(epochs[t])) for t in ticks], fontsize=7)
-            ax.set_yticks(np.arange(matrix.shape[0]), [str(i + 1) for i in range(matrix.shape[0])], fontsize=7)
+            ax.set_yticks(np.arange(matrix.shape[0]), layer_tick_labels(group, matrix.shape[0]), fontsize=7)
             if row == 0:
                 ax.set_title(value.label, fontsize=10, color=colours[value.label])
             if row == len(keys) - 1:
                 ax.set_xlabel("epoch (evaluations)", fontsize=8)
             if col == 0:
-                ax.set_ylabel(f"{key}\nhidden layer", fontsize=8)
+                ax.set_ylabel(f"{key}\nhidden layer (width)", fontsize=8)
         if image is not None:
             fig.colorbar(image, ax=list(axes[row]), label=key, aspect=12, pad=0.01)
     fig.suptitle(f"{group.title}: per-layer metrics (layer 1 = first hidden layer)", fontsize=11)
