@@ -5,7 +5,6 @@ Every builder takes the groups from `groups.build_groups`, the shared label -> c
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Sequence
 
