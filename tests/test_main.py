@@ -1,0 +1,52 @@
+"""The command line: a quick run, resume by re-running, locked config, user errors exit 2."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, timeout=300):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "PYTHONPATH": ROOT}
+    return subprocess.run([sys.executable, "-m", "nrc_jax.main", "--config=configs/mlp.py:quick", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def npz_path(tmp_path_factory):
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(60, 3)).astype(np.float32)
+    y = np.stack([x[:, 0] ** 2, x[:, 1]], 1).astype(np.float32)
+    path = tmp_path_factory.mktemp("main") / "d.npz"
+    np.savez(path, x_train=x[:48], y_train=y[:48], x_test=x[48:], y_test=y[48:])
+    return str(path)
+
+
+SMALL = ["--config.data.name=npz", "--config.model.widths=(8,8)", "--config.train.batch_size=16",
+         "--config.train.epochs=4", "--config.train.eval_every=2", "--config.train.checkpoint_every=2"]
+
+
+def test_quick_run_then_rerun_resumes(npz_path, tmp_path):
+    args = [f"--workdir={tmp_path}", f"--config.data.path={npz_path}", *SMALL]
+    first = run_main(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["epoch"] for r in rows] == [0, 2, 4]
+    assert json.load(open(tmp_path / "config.json"))["train"]["epochs"] == 4
+    again = run_main(*args)  # finished run: resumes at epoch 4, trains nothing, keeps the rows
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [json.loads(line) for line in open(tmp_path / "metrics.jsonl")] == rows
+
+
+def test_typo_override_fails_and_user_errors_exit_2_without_traceback(npz_path, tmp_path):
+    typo = run_main(f"--workdir={tmp_path}", "--config.optim.weight_dacay=0.1")
+    assert typo.returncode != 0 and "weight_dacay" in typo.stderr
+    missing = run_main(f"--workdir={tmp_path}", "--config.data.name=npz", "--config.data.path=/nonexistent/x.npz")
+    assert missing.returncode == 2 and "/nonexistent/x.npz" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = run_main(f"--workdir={tmp_path}", f"--config.data.path={npz_path}", *SMALL, "--config.optim.schedule=cosine")
+    assert bad.returncode == 2 and "optim.schedule" in bad.stderr and "Traceback" not in bad.stderr
