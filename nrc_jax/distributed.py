@@ -9,6 +9,7 @@ a `Mesh(jax.devices(), ('data',))` spans them all, and each process hands only i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import os
 import socket
@@ -201,6 +202,39 @@ def exit_process(code: int) -> NoReturn:
         logging.shutdown()
         os._exit(code)
     sys.exit(code)
+
+
+_barrier_count = itertools.count()
+
+
+def barrier(name: str, timeout_s: int = DEFAULT_INIT_TIMEOUT_S) -> None:
+    """Waits until every process reaches this point (no-op for one process).
+
+    Uses the coordination service (not a device collective), so it works while processes are far
+    apart in time; raises after `timeout_s`. Every process must call it the same number of times.
+    """
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    if jax.process_count() == 1:
+        return
+    # The coordination service's key-value barrier (what Orbax and JAX's own serialization use);
+    # orbax.checkpoint.multihost.sync_global_processes would first run a device collective.
+    client = jax_distributed.global_state.client
+    client.wait_at_barrier(f"nrc_jax_{next(_barrier_count)}_{name}", timeout_in_ms=int(timeout_s * 1000))
+
+
+def compile_together(name: str, jitted: Any, *args: Any, **kwargs: Any) -> Any:
+    """AOT-compiles `jitted` for these arguments, then waits for every process to have done so.
+
+    Returns the compiled executable: call it instead of `jitted` (same arguments' shapes). Why:
+    on CPU, gloo connects the peers of each new collective on first use with a fixed 30 s
+    deadline, so a process that compiles a big program more than 30 s after the others (a loaded
+    host) fails with "Gloo context initialization failed". Harmless on GPU/TPU.
+    """
+    compiled = jitted.lower(*args, **kwargs).compile()
+    barrier(f"compiled_{name}")
+    return compiled
 
 
 def is_primary() -> bool:
