@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # direction switches off, the optimum is degenerate and first-order convergence is sublinear.
     config.ratios = (1e-3, 1e-2, 0.1, 0.3, 0.6, 1.5, 2.5, 6.0, 15.0, 40.0)
     config.gd = ml_collections.ConfigDict({
-        "max_iters": 20_000,
+        "max_iters": 10_000,
         "tol": 1e-13,
         "log_every": 50,
         "init_scale": 1.0,

@@ -89,7 +89,7 @@ def loss(H: Array, W: Array, b: Array, targets: Array, lam_h: float, lam_w: floa
 
 def _loss(H, W, b, targets, lam_h, lam_w):
     M = targets.shape[0]
-    residual = H @ W.T + b - targets
+    residual = H @ W.T + b[None, :] - targets
     return (jnp.sum(residual**2) + lam_h * jnp.sum(H**2)) / (2 * M) + 0.5 * lam_w * jnp.sum(W**2)
 
 
@@ -138,10 +138,11 @@ def _optimal_spectrum(targets, lam_h, lam_w):
     return ybar, values, vectors, c, jnp.sqrt(lam_h / lam_w) * shrunk
 
 
+@jax.jit
 def _optimum(targets, lam_h, lam_w):
     ybar, values, vectors, c, singular_sq = _optimal_spectrum(targets, lam_h, lam_w)
     fit = values > c
-    wwt = (vectors * singular_sq) @ vectors.T
+    wwt = (vectors * singular_sq[None, :]) @ vectors.T
     w_norm_sq = jnp.sum(singular_sq)
     return {
         "wwt": wwt,
@@ -161,7 +162,7 @@ def orthonormal_rows(key: Array, n: int, d: int, dtype=jnp.float32) -> Array:
     """A random (n, d) matrix with orthonormal rows (QR of a Gaussian (d, n) matrix)."""
     q, r = jnp.linalg.qr(jax.random.normal(key, (d, n), dtype))
     # Fix QR's sign ambiguity so the draw is Haar-distributed.
-    return (q * jnp.where(jnp.diag(r) < 0, -1.0, 1.0).astype(dtype)).T
+    return (q * jnp.where(jnp.diag(r) < 0, -1.0, 1.0).astype(dtype)[None, :]).T
 
 
 def closed_form(
@@ -185,10 +186,10 @@ def _closed_form(targets, lam_h, lam_w, d, key):
     ybar, _, vectors, _, singular_sq = _optimal_spectrum(targets, lam_h, lam_w)
     dtype = targets.dtype
     R = orthonormal_rows(key, targets.shape[1], d, dtype)
-    W = (vectors * jnp.sqrt(singular_sq)) @ vectors.T @ R
+    W = (vectors * jnp.sqrt(singular_sq)[None, :]) @ vectors.T @ R
     # (Y - ybar)(W W^T + lam_h I)^{-1} W, the inverse applied in the eigenbasis V of W W^T.
-    inverse = (vectors / (singular_sq + jnp.asarray(lam_h, dtype))) @ vectors.T
-    H = (targets - ybar) @ inverse @ W
+    inverse = (vectors / (singular_sq + jnp.asarray(lam_h, dtype))[None, :]) @ vectors.T
+    H = (targets - ybar[None, :]) @ inverse @ W
     return H, W, ybar
 
 
@@ -206,12 +207,13 @@ def _closed_form(targets, lam_h, lam_w, d, key):
 # row space of W other than through lam_h, so at lam_h = 0 that part of the start is kept.
 
 GD_DEFAULTS = {
-    "max_iters": 50_000,  # hard cap on iterations (static: sizes the history buffers)
+    "max_iters": 100_000,  # hard cap on iterations (static: sizes the history buffers)
     "tol": 1e-13,  # stop when L_H ||dH||^2 + L_W ||dW||^2 <= tol * loss (a relative stationarity)
     "atol": 0.0,  # ... or <= atol (for lam = 0, where the loss itself goes to 0)
     "log_every": 100,  # record the history every this many iterations (static)
     "init_scale": 1.0,  # rows of H and W start as N(0, init_scale^2 / d I_d): norm ~ init_scale
     "momentum": True,  # Nesterov-type extrapolation with restart; False gives plain block GD
+    "balance": True,  # exact step along the rescaling (aH, W/a) after each sweep (see _balance)
 }
 
 
@@ -228,26 +230,51 @@ def _spectral_norm_sq_bound(Hc: Array, W: Array) -> Array:
     return (jnp.sqrt(jnp.clip(top, 0.0, None)) + jnp.sqrt(jnp.clip(rest, 0.0, None))) ** 2
 
 
+def _balance(H, W, lam_h, lam_w):
+    """Exact minimizer along the rescaling (a H, W / a), which leaves H W^T and the fit unchanged.
+
+    The penalty a^2 lam_h ||H||^2 / (2M) + lam_w ||W||^2 / (2 a^2) is smallest at
+    a^4 = M lam_w ||W||^2 / (lam_h ||H||^2). This direction is the flattest of the loss (curvature
+    ~ lambda), so gradient steps alone crawl along it for small lambdas. Needs lam_h, lam_w > 0.
+    """
+    M = H.shape[0]
+    h_sq = lam_h * jnp.sum(H**2)
+    w_sq = M * lam_w * jnp.sum(W**2)
+    ok = (h_sq > 0) & (w_sq > 0)
+    a = jnp.where(ok, (jnp.where(ok, w_sq, 1.0) / jnp.where(ok, h_sq, 1.0)) ** 0.25, 1.0)
+    return a * H, W / a
+
+
 def _optimal_bias(H, W, ybar):
     return ybar - jnp.mean(H, axis=0) @ W.T
 
 
-def _block_step(H, W, H_prev, W_prev, beta, b, targets, ybar, lam_h, lam_w):
-    """One inertial Gauss-Seidel sweep; returns (H, W, b, stationarity measure)."""
+def _block_step(H, W, H_prev, W_prev, beta, targets, ybar, lam_h, lam_w, balance):
+    """One inertial Gauss-Seidel sweep; returns (H, W, b, stationarity measure, momentum uphill)."""
     M = targets.shape[0]
+    centered_targets = targets - ybar[None, :]
     H_hat = H + beta * (H - H_prev)
-    residual = H_hat @ W.T + b - targets
+    # b is eliminated (b = ybar - mean(H) W^T is optimal for any H, W), so the residual is centered
+    # and the mean of H only feels lam_h: that block is the isotropic quadratic lam_h/2 ||mean(H)||^2,
+    # whose Lipschitz step (1/lam_h) lands exactly on 0. At lam_h = 0 it has no gradient: kept.
+    residual = (H_hat - jnp.mean(H_hat, axis=0)[None, :]) @ W.T - centered_targets
     lip_h = jnp.linalg.eigvalsh(W @ W.T)[-1] + lam_h  # times 1/M, which cancels in the step
     H_new = H_hat - (residual @ W + lam_h * H_hat) / lip_h
+    H_new = H_new - jnp.where(lam_h > 0, 1.0, 0.0) * jnp.mean(H_new, axis=0)[None, :]
     W_hat = W + beta * (W - W_prev)
     mean_h = jnp.mean(H_new, axis=0)
-    Hc = H_new - mean_h
-    residual_c = Hc @ W_hat.T - (targets - ybar)
+    Hc = H_new - mean_h[None, :]
+    residual_c = Hc @ W_hat.T - centered_targets
     lip_w = _spectral_norm_sq_bound(Hc, W_hat) / M + lam_w
     W_new = W_hat - (residual_c.T @ Hc / M + lam_w * W_hat) / lip_w
-    b_new = ybar - mean_h @ W_new.T
+    if balance:
+        H_new, W_new = _balance(H_new, W_new, lam_h, lam_w)
+    b_new = ybar - jnp.mean(H_new, axis=0) @ W_new.T
     change = (lip_h / M) * jnp.sum((H_new - H) ** 2) + lip_w * jnp.sum((W_new - W) ** 2)
-    return H_new, W_new, b_new, change
+    # <gradient at the extrapolated point, step taken> > 0: the momentum points uphill.
+    uphill = (lip_h / M) * jnp.sum((H_hat - H_new) * (H_new - H)) \
+        + lip_w * jnp.sum((W_hat - W_new) * (W_new - W)) > 0
+    return H_new, W_new, b_new, change, uphill
 
 
 HISTORY_KEYS = ("iteration", "loss", "nrc1", "nrc2", "nrc3")
@@ -264,8 +291,9 @@ def _history_row(it, H, W, b, targets, sigma, lam_h, lam_w, gamma):
     ])
 
 
-@functools.partial(jax.jit, static_argnames=("max_iters", "log_every", "momentum"))
-def _gradient_descent(targets, lam_h, lam_w, H, W, tol, atol, *, max_iters, log_every, momentum):
+@functools.partial(jax.jit, static_argnames=("max_iters", "log_every", "momentum", "balance"))
+def _gradient_descent(targets, lam_h, lam_w, H, W, tol, atol, *, max_iters, log_every, momentum,
+                      balance):
     dtype = targets.dtype
     lam_h = jnp.asarray(lam_h, dtype)
     lam_w = jnp.asarray(lam_w, dtype)
@@ -295,11 +323,13 @@ def _gradient_descent(targets, lam_h, lam_w, H, W, tol, atol, *, max_iters, log_
     def step(s):
         t_next = (1 + jnp.sqrt(1 + 4 * s["t"] ** 2)) / 2
         beta = (s["t"] - 1) / t_next if momentum else jnp.zeros((), dtype)
-        H_new, W_new, b_new, change = _block_step(
-            s["H"], s["W"], s["H_prev"], s["W_prev"], beta, s["b"], targets, ybar, lam_h, lam_w)
+        H_new, W_new, b_new, change, uphill = _block_step(
+            s["H"], s["W"], s["H_prev"], s["W_prev"], beta, targets, ybar, lam_h, lam_w, balance)
         loss_new = _loss(H_new, W_new, b_new, targets, lam_h, lam_w)
         # An extrapolated step that raised the loss is undone and the momentum restarts; the next
-        # (plain) step is then a descent step. Plain steps are always accepted.
+        # (plain) step is then a descent step. Plain steps are always accepted. The momentum also
+        # restarts when it points uphill (O'Donoghue & Candes 2015, gradient scheme), which keeps
+        # the ill-conditioned small-lambda problems converging linearly.
         reject = (loss_new > s["loss"]) & (beta > 0)
         pick = lambda new, old: jnp.where(reject, old, new)  # noqa: E731
         it = s["it"] + 1
@@ -307,9 +337,9 @@ def _gradient_descent(targets, lam_h, lam_w, H, W, tol, atol, *, max_iters, log_
             "it": it,
             "H": pick(H_new, s["H"]), "W": pick(W_new, s["W"]), "b": pick(b_new, s["b"]),
             "H_prev": s["H"], "W_prev": s["W"],
-            "t": jnp.where(reject, one, t_next), "loss": pick(loss_new, s["loss"]),
+            "t": jnp.where(reject | uphill, one, t_next), "loss": pick(loss_new, s["loss"]),
             "change": jnp.where(reject, jnp.inf, change),
-            "restarts": s["restarts"] + reject.astype(jnp.int32),
+            "restarts": s["restarts"] + (reject | uphill).astype(jnp.int32),
         }
         out["history"] = jax.lax.cond(
             it % log_every == 0,
@@ -374,7 +404,8 @@ def gradient_descent(
     H, W, b, rows, info = _gradient_descent(
         targets, lam_h, lam_w, H0, W0, jnp.asarray(opts["tol"], dtype),
         jnp.asarray(opts["atol"], dtype), max_iters=int(opts["max_iters"]),
-        log_every=int(opts["log_every"]), momentum=bool(opts["momentum"]))
+        log_every=int(opts["log_every"]), momentum=bool(opts["momentum"]),
+        balance=bool(opts["balance"]))
     rows = rows[: int(info.pop("num_rows"))]
     history = {k: rows[:, i] for i, k in enumerate(HISTORY_KEYS)}
     history.update(info)

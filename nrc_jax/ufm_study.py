@@ -79,7 +79,7 @@ def measure(H, W, b, targets, sigma, gamma) -> dict[str, float]:
         "nrc1": metrics.nrc1(H, n),
         "nrc2": metrics.nrc2(H, W),
         "nrc3": metrics.nrc3(W, sigma, gamma),
-        "mse": metrics.mse(targets, H @ W.T + b),
+        "mse": metrics.mse(targets, H @ W.T + b[None, :]),
         "w_norm": jnp.linalg.norm(W),
         "h_rms": jnp.sqrt(jnp.mean(jnp.sum(H**2, axis=1))),
     }
