@@ -83,6 +83,10 @@ def _round_up(x: int, multiple: int) -> int:
 
 def put_data(data: RegressionData, mesh: Mesh, eval_chunk: int) -> DeviceData:
     """Copies the data set to every device of `mesh` (each process passes the same full arrays)."""
+    if not all(isinstance(a, np.ndarray) for a in (data.x_train, data.x_test)):
+        raise ConfigError(f"data set {data.name!r} is streamed from the host (larger than "
+                          "data.max_in_memory_mb); the trainer keeps data on the device: raise "
+                          "data.max_in_memory_mb or lower data.train_size / data.image_size")
     chunk = _round_up(min(eval_chunk, max(len(data.x_train), len(data.x_test))), mesh.size)
     replicated = NamedSharding(mesh, P())
 
