@@ -162,3 +162,9 @@ def test_ars_iteration_updates_and_resumes(tmp_path):
     assert mean.shape == (8,) and (std > 0).all()
     episode = run_episode(env, restored.policy(True), env_seed=1, horizon=5)
     assert episode.observations.shape == (5, 8)
+
+
+def test_building_keeps_stdout_clean(tmp_path, capsys):
+    # `python -m nrc_jax.data describe NAME --json` prints JSON on stdout; TFDS's banner must not mix in.
+    load_dataset(config("reacher", tmp_path, train_size=50, test_size=50, seed=4))
+    assert capsys.readouterr().out == ""

@@ -10,8 +10,10 @@ test 0 or -1 = 20% of train), `action_noise` (Gaussian std added to the expert's
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import sys
 
 import ml_collections
 import numpy as np
@@ -77,8 +79,10 @@ def load_expert_data(name: str, data_config: ml_collections.ConfigDict) -> Regre
     data_dir = resolve_cache_dir(data_config.get("cache_dir", ""))
     builder_cls = BUILDERS[name]
     try:
-        sources = tfds.data_source(builder_cls.name, data_dir=data_dir,
-                                   builder_kwargs={"config": config, "file_format": "array_record"})
+        # TFDS prints its "Downloading and preparing" banner to stdout; keep stdout for the CLIs' output.
+        with contextlib.redirect_stdout(sys.stderr):
+            sources = tfds.data_source(builder_cls.name, data_dir=data_dir,
+                                       builder_kwargs={"config": config, "file_format": "array_record"})
     except OSError as e:
         raise DataError(f"data set {name!r}: cannot build or read the TFDS cache under {data_dir}: {e}") from e
     splits = {split: read_split(sources[split]) for split in ("train", "test")}
