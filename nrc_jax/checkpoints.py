@@ -4,7 +4,8 @@ Each checkpoint step is the number of epochs completed. An item `state` (the `Tr
 StandardSave) and an item `meta` (JSON: config, data fingerprint, shapes, sweep members, epoch) are
 written together, asynchronously; every process takes part in a save (Orbax coordinates them).
 Orbax writes each step into a temporary folder and renames it when complete, so a kill leaves no
-half-written step visible; a step that still fails to read is skipped with a warning naming it.
+half-written step visible (leftover temporary folders are deleted at start); a step that still fails
+to read is skipped with a warning naming it and moved to `checkpoints_unreadable/`.
 """
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import threading
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -83,8 +86,11 @@ class Checkpoints:
     def __init__(self, workdir: str, meta: dict, max_to_keep: int = 3, read_only: bool = False):
         self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
         self.meta = meta
+        self.read_only = read_only
+        # cleanup_tmp_directories: a kill during an async save leaves a `<step>.orbax-checkpoint-tmp-*` folder.
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True,
-                                               create=not read_only, read_only=read_only)
+                                               create=not read_only, read_only=read_only,
+                                               cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -109,16 +115,36 @@ class Checkpoints:
             try:
                 saved = self.restore_meta(step)
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, loudly
-                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", where, type(e).__name__, e)
+                self._skip_unreadable(step, e)
                 continue
             check_compatible(saved, self.meta, where)
             try:
                 state = self.restore_state(step, abstract_state)
             except Exception as e:  # noqa: BLE001
-                log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", where, type(e).__name__, e)
+                self._skip_unreadable(step, e)
                 continue
             return state, step
         return None, 0
+
+    def _skip_unreadable(self, step: int, error: Exception) -> None:
+        """Warns naming the step, then moves it to `checkpoints_unreadable/` (kept for inspection) so
+        the resumed run can save that step number again."""
+        where = os.path.join(self.directory, str(step))
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}"
+        if self.read_only:
+            log.warning("checkpoint %s is unreadable (%s); trying the previous one", where, reason)
+            return
+        base = aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable", str(step))
+        copies = 0
+        while os.path.exists(aside):  # a step found unreadable again in a later run
+            copies += 1
+            aside = f"{base}.{copies}"
+        log.warning("checkpoint %s is unreadable (%s); moved to %s, trying the previous one", where, reason, aside)
+        if jax.process_index() == 0:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            shutil.move(where, aside)
+        ocp.multihost.sync_global_processes(f"nrc_jax_skip_unreadable_{step}")
+        self.manager.reload()
 
     def restore_meta(self, step: int) -> dict:
         """The JSON saved beside the state at `step`."""
