@@ -1,7 +1,8 @@
 """Command line: `python -m nrc_jax.main --config=configs/mlp.py --workdir=DIR [--config.a.b=v ...]`.
 
 Re-running the same command resumes from the latest checkpoint in DIR. User errors (bad config,
-missing data, divergence) are printed without a traceback and exit with status 2.
+missing data, divergence) are printed without a traceback and exit with status 2; SIGINT/SIGTERM save a
+checkpoint at the next evaluation and exit with status 130.
 """
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def main(argv: list[str]) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         distributed.exit_process(2)
+    except KeyboardInterrupt as e:  # SIGINT/SIGTERM: train saved a checkpoint if it was in its loop
+        print(f"stopped: {e or 'interrupted'}; run the same command again to resume from the latest checkpoint",
+              file=sys.stderr)
+        distributed.exit_process(130)
 
 
 if __name__ == "__main__":
