@@ -3,8 +3,9 @@
 Each example is one episode (key = its index within the split): `observation` (T, obs_dim) float32
 (the inputs x), `action` (T, act_dim) float32 (the targets y), `reward` (T,), `episode_return` (the
 full episode's return, at float32 precision as tf.train.Example floats are 32-bit), `env_seed` (its
-reset seed) and `truncated` (the split's last episode, cut to the requested size). One record per episode rather than per step keeps decoding cheap: TFDS's
-pure-Python example parser costs about a millisecond per record, 12 s for Hopper's 12,000 steps.
+reset seed) and `truncated` (the split's last episode, cut to the requested size). One record per
+episode rather than per step keeps decoding cheap: TFDS's pure-Python example parser costs about a
+millisecond per record, 12 s for Hopper's 12,000 steps.
 Files are array_record, read back with `tfds.data_source` (random access, no TensorFlow needed).
 The generation parameters (seed, sizes, action noise, a digest of the expert file) form the
 builder config, so each combination is cached once under `<data_dir>/<builder>/<config>/<version>`
