@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
         print(f"error: {e}", file=sys.stderr)
         distributed.exit_process(2)
     except KeyboardInterrupt as e:  # SIGINT/SIGTERM: train saved a checkpoint if it was in its loop
-        print(f"stopped: {e or 'interrupted'}; run the same command again to resume from the latest checkpoint",
+        print(f"{e or 'interrupted'}; run the same command again to resume from the latest checkpoint",
               file=sys.stderr)
         distributed.exit_process(130)
 
