@@ -33,12 +33,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gd = ml_collections.ConfigDict({
         "max_iters": 10_000,
         "tol": 1e-13,
-        "log_every": 50,
+        "log_every": 10,
         "init_scale": 1.0,
     })
     # The lambda > 0 trajectory shown is the sweep point with this c / lambda_min; the lambda = 0
     # run (which never meets a relative tolerance: its loss goes to 0) runs gd.max_iters iterations.
-    config.trajectory_ratio = 0.1
+    config.trajectory_ratio = 1e-3
     if arg == "quick":
         config.synthetic.num_samples = 100
         config.d = 8
