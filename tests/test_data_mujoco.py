@@ -41,7 +41,7 @@ def test_small_sizes_dims_and_finite(name, cache):
         assert arr.dtype == np.float32 and np.isfinite(arr).all()
     assert np.abs(data.y_train).max() <= 1.0
     info = data.info
-    assert info["env"] == spec.gym_id and info["seed"] == 0 and info["action_noise"] == 0.0
+    assert info["env"] == spec.gym_id and info["seed"] == 0 and info["action_noise"] == 0.1
     assert len(info["expert_eval_returns"]) == 10 and np.isfinite(info["expert_return"])
     assert sum(info["train_episode_lengths"]) == 120 and sum(info["test_episode_lengths"]) == 30
 
@@ -121,7 +121,7 @@ def test_tfds_builder_round_trip(cache):
     assert builder.info.splits["test"].num_examples == len(sources["test"])
     assert len(builder.info.metadata["expert_eval_returns"]) == 10
     # The loader returns exactly these records, concatenated.
-    data = load_dataset(config("hopper", cache, train_size=300, test_size=100, seed=2))
+    data = load_dataset(config("hopper", cache, train_size=300, test_size=100, seed=2, action_noise=0.0))
     np.testing.assert_array_equal(data.x_train, np.concatenate([e["observation"] for e in episodes]))
 
 

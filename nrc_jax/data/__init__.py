@@ -55,7 +55,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         "image_size": 0,  # square side images are resized to; 0 = the set's default (224 real, 32 synthetic)
         "image_normalization": "imagenet",  # 'imagenet' (mean/std) | 'unit' ([0, 1])
         "max_in_memory_mb": 2048.0,  # image sets larger than this (as float32) are streamed, not loaded
-        "action_noise": 0.0,  # swimmer/reacher/hopper: Gaussian std added to the expert's actions
+        "action_noise": 0.1,  # swimmer/reacher/hopper: Gaussian std added to the expert's actions (0.1: like a stochastic agent's data)
         "cache_dir": "",  # swimmer/reacher/hopper TFDS data_dir; "" = $NRC_JAX_DATA_DIR or ~/.cache/nrc_jax/tfds
     })
 

@@ -4,8 +4,8 @@ Reads (and on first use builds) the TFDS expert data set through `tfds.data_sour
 `RegressionData` with x = observations, y = expert actions (float32).
 
 Data config fields used: `seed`, `train_size` / `test_size` (steps; 0 or -1 = the paper's size,
-test 0 or -1 = 20% of train), `action_noise` (Gaussian std added to the expert's actions, default
-0: pure expert imitation), `cache_dir` (TFDS data_dir; empty = $NRC_JAX_DATA_DIR or
+test 0 or -1 = 20% of train), `action_noise` (Gaussian std added to the expert's actions; the
+registry default is 0.1, like data recorded from a stochastic agent; 0 = the expert's own actions), `cache_dir` (TFDS data_dir; empty = $NRC_JAX_DATA_DIR or
 ~/.cache/nrc_jax/tfds).
 """
 from __future__ import annotations
