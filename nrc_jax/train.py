@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, metrics, models, optim, validate, writers
+from nrc_jax import checkpoints, deep, metrics, models, optim, validate, writers
 from nrc_jax.data import RegressionData, load_dataset
 from nrc_jax.errors import ConfigError, DivergenceError
 
@@ -222,7 +222,7 @@ class Trainer:
         c = self.config
         w, _ = models.head_params(state.params)
         hp = state.hparams
-        pred, h, _ = self._features(state.params, state.model_state, data.x_train, data.eval_chunk)
+        pred, h, hidden = self._features(state.params, state.model_state, data.x_train, data.eval_chunk)
         stats = metrics.feature_stats(h, data.y_train, pred, data.mask_train)
         centered = metrics.centered_feature_stats(h, metrics.feature_mean(stats), data.mask_train)
         gamma = hp.lambda_h * hp.lambda_w if c.optim.regularizer == "ufm" else None
@@ -231,6 +231,9 @@ class Trainer:
                                          centered=centered, pca_init=pca_init,
                                          pca_iters=max(c.metrics.pca_iters, 1))
         out = {("train_" + k if k in ("mse", "mse_per_dim", "r2", "r2_per_dim") else k): v for k, v in out.items()}
+        if c.metrics.per_layer:
+            out["layers"] = deep.per_layer_metrics(hidden, data.y_train, pred,
+                                                   deep.layer_weights(state.params, c.model), data.mask_train)
         out["loss"] = 0.5 * out["train_mse"] + optim.regularization(state.params, w, out["h_norm_sq"], hp, c.optim)
         pred, h, _ = self._features(state.params, state.model_state, data.x_test, data.eval_chunk)
         test = metrics.metrics_from_stats(metrics.feature_stats(h, data.y_test, pred, data.mask_test), w,
@@ -282,9 +285,14 @@ def eval_epochs(start: int, config: ml_collections.ConfigDict) -> list[int]:
     return sorted({e for e in range(every, total + 1, every) if e > start} | ({total} if total > start else set()))
 
 
+# Non-finite values here mean the optimization blew up. (NRC metrics may be nan legitimately, e.g.
+# NRC1 when every feature row is 0, R2 for a constant target, so they do not stop a run.)
+DIVERGENCE_KEYS = ("loss", "train_mse", "test_mse", "w_norm", "h_norm_sq")
+
+
 def _check_finite(rows: list[dict], previous_epoch: int, ckpt: checkpoints.Checkpoints) -> None:
     for row in rows:
-        bad = [k for k, v in row.items() if isinstance(v, float) and not np.isfinite(v)]
+        bad = [k for k in DIVERGENCE_KEYS if not np.isfinite(row[k])]
         if bad:
             last = ckpt.latest_step()
             where = f"checkpoint of epoch {last} in {ckpt.directory}" if last is not None else "no checkpoint yet"

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nrc_jax import metrics
+from nrc_jax import deep, metrics
 from nrc_jax.errors import ConfigError
 
 SWEEP_FIELDS = ("seed", "lr", "weight_decay", "lambda_h", "lambda_w")
@@ -67,7 +67,9 @@ def metric_rows(out: dict, members: list[dict], lambda_min: float, time_s: float
     rows = []
     for k, member in enumerate(members):
         row = {"epoch": int(out["epoch"][k]), "sweep_index": k, "sweep": member["sweep"]}
-        row.update({key: _plain(v[k]) for key, v in sorted(out.items()) if key not in ("epoch", "pca_basis")})
+        row.update({key: _plain(v[k]) for key, v in sorted(out.items()) if key not in ("epoch", "pca_basis", "layers")})
+        if "layers" in out:  # metrics.per_layer: [{"layer": i, "width": d_i, ...}, ...]
+            row["layers"] = deep.layer_rows({key: v[k] for key, v in out["layers"].items()})
         row["lambda_min"] = lambda_min
         row["time_s"] = round(time_s, 3)
         rows.append(row)
@@ -111,6 +113,10 @@ def _scalars(row: dict) -> dict[str, float]:
     out = {}
     for key, value in row.items():
         if key in ("epoch", "sweep_index", "sweep"):
+            continue
+        if key == "layers":
+            out.update({f"layer{layer['layer']}/{name}": float(v) for layer in value
+                        for name, v in layer.items() if name not in ("layer", "width")})
             continue
         a = np.asarray(value, dtype=float)
         if a.ndim == 0:

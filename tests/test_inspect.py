@@ -40,6 +40,7 @@ def test_export_recomputes_logged_metrics(sweep_run, tmp_path, capsys):
         np.testing.assert_allclose(f["features"] @ f["weights"].T + f["bias"][None, :], f["predictions"],
                                    rtol=1e-4, atol=1e-5)
         final = [r for r in rows if r["sweep_index"] == member][-1]
+        assert [layer["width"] for layer in final["layers"]] == [8, 8]  # metrics.per_layer rows
         assert final["epoch"] == int(f["epoch"]) == 4
         assert float(metrics.nrc1(f["features"], 2)) == pytest.approx(final["nrc1"], rel=1e-3)
         assert float(metrics.nrc2(f["features"], f["weights"])) == pytest.approx(final["nrc2"], rel=1e-3)

@@ -1,6 +1,7 @@
 """End-to-end tests of the training engine on a tiny npz data set (tiny MLP, a few epochs)."""
 import json
 import os
+import signal
 
 import jax
 import numpy as np
@@ -158,3 +159,36 @@ def test_eval_epochs_include_the_last():
     assert train.eval_epochs(0, config) == [10, 20, 25]
     assert train.eval_epochs(20, config) == [25]
     assert train.eval_epochs(25, config) == []
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(npz_path, tmp_path, monkeypatch):
+    config = tiny_config(npz_path, **{"train.checkpoint_every": 4, "train.epochs": 8})
+    original = writers.RunWriter.write
+
+    def signal_at_epoch_2(self, rows):
+        original(self, rows)
+        if rows[0]["epoch"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(writers.RunWriter, "write", signal_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
+        train.train_and_evaluate(config, str(tmp_path))
+    assert os.listdir(tmp_path / "checkpoints") == ["2"]  # saved although checkpoint_every is 4
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+
+
+def test_configs_parse_and_reject_unknown_arguments():
+    from configs import images, mujoco
+
+    hopper = mujoco.get_config("hopper")
+    assert (hopper.data.name, hopper.train.epochs, hopper.optim.weight_decay) == ("hopper", 200_000, 1e-2)
+    assert hopper.sweep.seed == (0, 1, 2) and hopper.model.widths == (256, 256, 256)
+    quick = mujoco.get_config("reacher,quick")
+    assert quick.train.epochs == 200 and quick.optim.weight_decay == 1.5e-3
+    carla = images.get_config("carla")
+    assert (carla.model.arch, carla.optim.momentum, carla.optim.schedule, carla.train.batch_size) == (
+        "resnet18", 0.9, "step", 512)
+    assert images.get_config("utkface").model.arch == "resnet34"
+    for module, arg in ((mujoco, "ant"), (images, "carla,slow"), (mlp, "fast")):
+        with pytest.raises(ValueError):
+            module.get_config(arg)
