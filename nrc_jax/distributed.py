@@ -1,10 +1,11 @@
 """Multi-process start-up and the per-process view of the data: one code path for 1 to N processes.
 
 Every process runs the same program. `maybe_initialize()` joins the processes into one JAX runtime
-(or does nothing for a single process); afterwards `jax.devices()` lists every process's devices,
-a `Mesh(jax.devices(), ('data',))` spans them all, and each process hands only its own rows to
-`shard_host_array`. Rows are samples: a process loads the contiguous global rows
-`process_rows(M).start : .stop`, padded to `.size` rows so every device holds the same count.
+(or does nothing for a single process); afterwards `jax.devices()` lists every process's devices
+and a `Mesh(jax.devices(), ('data',))` spans them all. Data a process cannot (or should not) hold
+whole is split by rows (samples): process p loads the contiguous global rows
+`process_rows(M).start : .stop`, pads them to `.size` rows (`pad_rows`, mask 0 on the padding) and
+`shard_host_array` assembles the global row-sharded array from every process's block.
 """
 from __future__ import annotations
 

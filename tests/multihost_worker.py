@@ -68,11 +68,11 @@ def global_stats(mesh) -> dict[str, np.ndarray]:
     y, _ = distributed.pad_rows(targets[shard.start:shard.stop], shard.size)
     h, y, mask = distributed.shard_host_array(mesh, (h, y, mask))
 
-    @jax.jit
     def stats(h, y, mask):
         return metrics.feature_stats(h, y, h @ HEAD.T, mask)._asdict()
 
-    return {k: np.asarray(jax.device_get(v)) for k, v in stats(h, y, mask).items()}
+    compiled = distributed.compile_together("stats", jax.jit(stats), h, y, mask)
+    return {k: np.asarray(jax.device_get(v)) for k, v in compiled(h, y, mask).items()}
 
 
 def save_tree(directory: str, mesh) -> None:

@@ -179,6 +179,13 @@ def test_padded_sharded_stats_match_unpadded_single_device():
     assert_same_stats(stats, unpadded_single_device_stats())
 
 
+def test_one_process_barrier_returns_and_compile_together_runs():
+    distributed.barrier("alone", timeout_s=1)
+    x = jax.numpy.arange(8.0)
+    compiled = distributed.compile_together("double", jax.jit(lambda a: 2 * a), x)
+    np.testing.assert_array_equal(np.asarray(compiled(x)), 2 * np.arange(8.0))
+
+
 # --- real processes on loopback ---------------------------------------------------------------
 
 def free_port() -> int:
