@@ -29,17 +29,16 @@ def with_fields(config: ml_collections.ConfigDict, **fields) -> ml_collections.C
 
 
 def training_configs():
-    """Every config in configs/ that the trainer runs (it has train and optim), with "" and "quick"."""
+    """Every config in configs/ that the trainer runs (it has train and optim), with each data set
+    argument it lists (PAPER / SETS) and ',quick'."""
     out = []
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
         spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        for arg in ("", "quick"):
-            try:
-                config = module.get_config(arg)
-            except Exception:  # noqa: BLE001 - a config that needs another argument (e.g. a data set name)
-                continue
+        names = list(getattr(module, "PAPER", None) or getattr(module, "SETS", None) or [""])  # data set args
+        for arg in names + [",".join(filter(None, (name, "quick"))) for name in names]:
+            config = module.get_config(arg)
             if "train" in config and "optim" in config:
                 out.append(pytest.param(config, id=f"{os.path.basename(path)}:{arg}"))
     return out
