@@ -424,9 +424,11 @@ def render(results: dict[str, Any]) -> str:
                              f"**{e['e2e_epochs_per_s'] / r['e2e_epochs_per_s']:.1f}x** |")
         lines.append("")
     for label, rows in results.get("variants", {}).items():
-        lines += [f"### variant: {label}", "", "| size | ms/epoch | ms/evaluation | epochs/s end to end |",
-                  "|---|---|---|---|"]
-        lines += [f"| {n} | {fmt(v['epoch_ms'], 2)} | {fmt(v['eval_ms'], 2)} | {fmt(v['e2e_epochs_per_s'])} |"
+        lines += [f"### candidate config: {label}", "",
+                  "| size | ms/epoch | ms/evaluation | epochs/s end to end | e2e vs default config |", "|---|---|---|---|---|"]
+        lines += [f"| {n} | {fmt(v['epoch_ms'], 2)} | {fmt(v['eval_ms'], 2)} | {fmt(v['e2e_epochs_per_s'])} | "
+                  f"{v['e2e_epochs_per_s'] / eng[n]['e2e_epochs_per_s']:.2f}x |" if n in eng else
+                  f"| {n} | {fmt(v['epoch_ms'], 2)} | {fmt(v['eval_ms'], 2)} | {fmt(v['e2e_epochs_per_s'])} | - |"
                   for n, v in rows.items()] + [""]
     if results.get("metrics"):
         lines += ["### NRC computation alone, same features (M x 256 float32)", "",
@@ -447,12 +449,15 @@ def render(results: dict[str, Any]) -> str:
             lines += [f"| {name} | {k} | {fmt(v['epoch_ms'], 2)} | {fmt(v['model_epochs_per_s'])} | "
                       f"{v['model_epochs_per_s'] / base:.2f}x |" for k, v in rows.items()]
         lines.append("")
-    if results.get("threads"):
-        lines += ["### XLA CPU threading (separate processes)", "", "| XLA_FLAGS | size | ms/epoch | ms/evaluation | "
-                  "matmul peak GFLOP/s |", "|---|---|---|---|---|"]
-        for flags, sub in results["threads"].items():
+    if results.get("env"):
+        lines += ["### Process settings (each in a fresh process; compare with the tables above)", "",
+                  "| setting | size | nrc_jax ms/epoch | nrc_jax ms/evaluation | nrc_jax epochs/s e2e | reference ms/epoch "
+                  "| reference ms/evaluation | matmul peak GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+        for label, sub in results["env"].items():
             for name, e in sub.get("nrc_jax", {}).items():
-                lines.append(f"| `{flags or '(default)'}` | {name} | {fmt(e['epoch_ms'], 2)} | {fmt(e['eval_ms'], 2)} | "
+                r = sub["reference"][name]
+                lines.append(f"| {label} | {name} | {fmt(e['epoch_ms'], 2)} | {fmt(e['eval_ms'], 2)} | "
+                             f"{fmt(e['e2e_epochs_per_s'])} | {fmt(r['epoch_ms'])} | {fmt(r['eval_ms'])} | "
                              f"{fmt(sub['peak']['peak_gflops']) if sub.get('peak') else '-'} |")
         lines.append("")
     if results.get("cli"):
@@ -498,15 +503,26 @@ class Plan:
 FULL = Plan(repeats=5, reference_blocks=3,
             engine_epochs={"swimmer": (10, 60), "hopper": (2, 12)},
             sweep_epochs={"swimmer": (5, 25), "hopper": (1, 4)},
-            cli_nrc_epochs={"swimmer": (100, 1100), "hopper": (10, 110)},
-            cli_reference_epochs={"swimmer": (10, 60), "hopper": (10, 30)}, cli_repeats=2)
+            cli_nrc_epochs={"swimmer": (100, 1100), "hopper": (10, 60)},
+            cli_reference_epochs={"swimmer": (10, 60), "hopper": (10, 30)}, cli_repeats=1)
 QUICK = Plan(repeats=3, reference_blocks=1,
              engine_epochs={"swimmer": (5, 25), "hopper": (1, 4)},
              sweep_epochs={"swimmer": (2, 8), "hopper": (1, 2)},
              cli_nrc_epochs={"swimmer": (20, 220), "hopper": (10, 30)},
              cli_reference_epochs={"swimmer": (10, 30), "hopper": (10, 20)}, cli_repeats=1)
-VARIANTS = {"metrics.pca_iters=10 (warm subspace iteration instead of eigh)": {"metrics.pca_iters": 10}}
-THREAD_FLAGS = ("--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",)
+# Candidate changes that a config can express, measured in this process: label -> size -> overrides.
+VARIANTS: dict[str, Callable[[Size], dict[str, Any]]] = {
+    "metrics.pca_iters=10 (warm-started subspace iteration instead of a full eigh)":
+        lambda size: {"metrics.pca_iters": 10},
+    "train.eval_chunk = test size (no padded evaluation rows)":
+        lambda size: {"train.eval_chunk": max(1, size.train // 5)},
+    "both of the above": lambda size: {"metrics.pca_iters": 10, "train.eval_chunk": max(1, size.train // 5)},
+}
+# Candidate process settings (read at start-up, so measured in fresh processes): label -> env.
+ENV_VARIANTS: dict[str, dict[str, str]] = {
+    "XLA single thread": {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
+    "OPENBLAS_NUM_THREADS=1 (LAPACK eigh/svd of jax and numpy)": {"OPENBLAS_NUM_THREADS": "1"},
+}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -514,41 +530,55 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (iteration, not reports)")
     parser.add_argument("--sizes", default="swimmer,hopper", help="comma-separated subset of swimmer,hopper")
     parser.add_argument("--sections", default=",".join(SECTIONS),
-                        help=f"comma-separated subset of {','.join(SECTIONS)} plus 'variants', 'threads'")
+                        help=f"comma-separated subset of {','.join(SECTIONS)} plus 'variants' (config candidates), 'env' (process-setting candidates)")
     parser.add_argument("--sweep-ks", default="1,4,8")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "bench.md"), help="report path; '' = none")
     parser.add_argument("--json", default="", help="also write the raw numbers here")
+    parser.add_argument("--merge", action="store_true",
+                        help="start from the numbers already in --json (rerun only some sections, report all)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     sizes = [s for s in args.sizes.split(",") if s]
     sections = set(args.sections.split(","))
-    unknown = [s for s in sizes if s not in SIZES] + [s for s in sections if s not in (*SECTIONS, "variants", "threads")]
+    unknown = [s for s in sizes if s not in SIZES] + [s for s in sections if s not in (*SECTIONS, "variants", "env")]
     if unknown:
         parser.error(f"unknown sizes/sections {unknown}")
     results: dict[str, Any] = {
         "command": "python benchmarks/bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": machine_description(),
         "sizes": sizes}
+    if args.merge and args.json and os.path.exists(args.json):
+        with open(args.json) as f:
+            previous = json.load(f)
+        results = {**previous, **{k: v for k, v in results.items() if k not in ("sizes", "command")},
+                   "command": previous["command"] + " ; " + results["command"],
+                   "sizes": list(dict.fromkeys(previous["sizes"] + sizes))}
     print(json.dumps(results["machine"]), flush=True)
+
+    def put(section: str, value: dict) -> None:
+        """Stores a section's numbers, keeping those of sizes/labels not rerun in a merged run."""
+        results[section] = {**results.get(section, {}), **value}
+
     if "peak" in sections:
         results["peak"] = matmul_peak(repeats=plan.repeats + 2)
     if "metrics" in sections:
-        results["metrics"] = {n: bench_metrics(SIZES[n], plan.repeats) for n in sizes}
+        put("metrics", {n: bench_metrics(SIZES[n], plan.repeats) for n in sizes})
     if sections & {"train", "eval", "e2e"}:
-        results["reference"] = {n: bench_reference(SIZES[n], plan.repeats, plan.reference_blocks) for n in sizes}
-        results["nrc_jax"] = {n: bench_engine(SIZES[n], plan.repeats, plan.engine_epochs[n]) for n in sizes}
+        put("reference", {n: bench_reference(SIZES[n], plan.repeats, plan.reference_blocks) for n in sizes})
+        put("nrc_jax", {n: bench_engine(SIZES[n], plan.repeats, plan.engine_epochs[n]) for n in sizes})
     if "variants" in sections:
-        results["variants"] = {label: {n: bench_engine(SIZES[n], plan.repeats, plan.engine_epochs[n], overrides, label)
-                                       for n in sizes} for label, overrides in VARIANTS.items()}
+        put("variants", {label: {n: bench_engine(SIZES[n], plan.repeats, plan.engine_epochs[n], overrides(SIZES[n]),
+                                                 label[:40]) for n in sizes}
+                         for label, overrides in VARIANTS.items()})
     if "sweep" in sections:
         ks = tuple(int(k) for k in args.sweep_ks.split(","))
-        results["sweep"] = {n: bench_sweep(SIZES[n], ks, plan.repeats, plan.sweep_epochs[n]) for n in sizes}
-    if "threads" in sections:
+        put("sweep", {n: bench_sweep(SIZES[n], ks, plan.repeats, plan.sweep_epochs[n]) for n in sizes})
+    if "env" in sections:
         sub_args = ["--sections=peak,train", f"--sizes={args.sizes}"] + (["--quick"] if args.quick else [])
-        results["threads"] = {flags: bench_in_subprocess({"XLA_FLAGS": flags}, sub_args) for flags in THREAD_FLAGS}
+        put("env", {label: bench_in_subprocess(env, sub_args) for label, env in ENV_VARIANTS.items()})
     if "cli" in sections:
-        results["cli"] = {n: bench_cli(SIZES[n], plan.cli_nrc_epochs[n], plan.cli_reference_epochs[n], plan.cli_repeats)
-                          for n in sizes}
+        put("cli", {n: bench_cli(SIZES[n], plan.cli_nrc_epochs[n], plan.cli_reference_epochs[n], plan.cli_repeats)
+                    for n in sizes})
     results["machine"]["load average at end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     if args.json:
         with open(args.json, "w") as f:

@@ -38,8 +38,8 @@ def _relu_features(m: int, d: int, seed: int) -> np.ndarray:
     return np.maximum(h, 0.0).astype(np.float32)
 
 
-@pytest.mark.parametrize("n", [2, 3])
-def test_reference_nrc_matches_nrc_jax_and_oracle(n):
+def test_reference_nrc_matches_nrc_jax_and_oracle():
+    n = 3
     rng = np.random.default_rng(n)
     h = _relu_features(600, 32, seed=n)
     w = rng.standard_normal((n, 32)).astype(np.float32)
