@@ -52,6 +52,12 @@ def data_mesh(devices=None):
 HEAD = np.array([[0.5, -1.0, 0.25], [2.0, 0.0, -0.5]], np.float32)  # W (n, d) making predictions
 
 
+def masked_stats(h, y, mask) -> dict:
+    from nrc_jax import metrics
+
+    return metrics.feature_stats(h, y, h @ HEAD.T, mask)._asdict()
+
+
 def global_stats(mesh) -> dict[str, np.ndarray]:
     """nrc_jax.metrics.feature_stats of make_data(), each process contributing its rows only.
 
@@ -60,18 +66,13 @@ def global_stats(mesh) -> dict[str, np.ndarray]:
     """
     import jax
 
-    from nrc_jax import metrics
-
     features, targets = make_data()
     shard = distributed.process_rows(NUM_ROWS, num_devices=mesh.size)
     h, mask = distributed.pad_rows(features[shard.start:shard.stop], shard.size)
     y, _ = distributed.pad_rows(targets[shard.start:shard.stop], shard.size)
     h, y, mask = distributed.shard_host_array(mesh, (h, y, mask))
 
-    def stats(h, y, mask):
-        return metrics.feature_stats(h, y, h @ HEAD.T, mask)._asdict()
-
-    compiled = distributed.compile_together("stats", jax.jit(stats), h, y, mask)
+    compiled = distributed.compile_together("stats", jax.jit(masked_stats), h, y, mask)
     return {k: np.asarray(jax.device_get(v)) for k, v in compiled(h, y, mask).items()}
 
 
