@@ -325,28 +325,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0)
     lambda_min = float(metrics.target_stats(data.y_train)["lambda_min"])
     t0 = time.time()
+
+    def run_chunk(state: TrainState, num_epochs: int, previous: int) -> tuple[TrainState, list[dict]]:
+        state, out = trainer.train_chunk(state, device_data, jnp.asarray(num_epochs, jnp.int32))
+        rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
+        _check_finite(rows, previous, ckpt)
+        return state, rows
+
     rows = None
     try:
-        previous = start
         if start == 0:  # the initial evaluation: a chunk of 0 epochs (the same compiled program)
-            state, out = trainer.train_chunk(state, device_data, jnp.asarray(0, jnp.int32))
-            rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
-            _check_finite(rows, 0, ckpt)
+            state, rows = run_chunk(state, 0, 0)
             log.write(rows)
+        previous = start
         with checkpoints.StopOnSignal() as stop:
             for epoch in eval_epochs(start, config):
-                state, out = trainer.train_chunk(state, device_data, jnp.asarray(epoch - previous, jnp.int32))
-                rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
-                _check_finite(rows, previous, ckpt)
+                state, rows = run_chunk(state, epoch - previous, previous)
                 log.write(rows)
                 previous = epoch
                 if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs or stop.requested:
                     ckpt.save(epoch, state)
                 if stop.requested:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {epoch}; checkpoint saved")
-        if rows is None:  # resumed a finished run: nothing left to train
-            state, out = trainer.train_chunk(state, device_data, jnp.asarray(0, jnp.int32))
-            rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
+        if rows is None:  # resumed a finished run: nothing left to train, only the final metrics
+            state, rows = run_chunk(state, 0, start)
         weights = np.asarray(jax.device_get(jax.vmap(lambda p: models.head_params(p)[0])(state.params)))
         summary = log.finish(weights, np.asarray(device_data.sigma), lambda_min,
                              ufm=config.optim.regularizer == "ufm")
