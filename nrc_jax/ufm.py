@@ -196,15 +196,20 @@ def _closed_form(targets, lam_h, lam_w, d, key):
 # ----------------------------------------------------------------------------------------------
 # First-order solver: inertial alternating (block) gradient steps with per-block Lipschitz steps.
 #
-# One iteration, in Gauss-Seidel order (iPALM, Pock & Sabach 2016, with a function-value restart):
-#   H <- H^ - grad_H L(H^, W, b) / L_H,   L_H = (||W||_2^2 + lam_h) / M,   H^ = H + beta (H - H_prev)
-#   b <- ybar - mean(H) W^T              (exact minimization over b)
-#   W <- W^ - grad_W L(H, W^) / L_W,     L_W = ||H - mean(H)||_2^2 / M + lam_w  (b eliminated)
-#   b <- ybar - mean(H) W^T
-# Each L is the exact Lipschitz constant of its block gradient (L_W through a tight upper bound
-# of ||Hc||_2), so a step without momentum never increases the loss; an accelerated step that does
-# is rejected and the momentum restarts. Plain gradient steps never touch the part of H outside the
-# row space of W other than through lam_h, so at lam_h = 0 that part of the start is kept.
+# The bias is eliminated (b = ybar - mean(H) W^T is optimal for any H, W). One iteration, in
+# Gauss-Seidel order (iPALM, Pock & Sabach 2016, with restarts):
+#   H <- H^ - grad_H L(H^, W) / L_H,   L_H = (||W||_2^2 + lam_h) / M,   H^ = H + beta (H - H_prev)
+#   mean(H) <- 0 if lam_h > 0          (that block's loss is lam_h/2 ||mean(H)||^2: its 1/L step)
+#   W <- W^ - grad_W L(H, W^) / L_W,   L_W = ||H - mean(H)||_2^2 / M + lam_w
+#   (H, W) <- (a H, W / a)             (exact minimization along the rescaling, lam_h, lam_w > 0)
+# Each L is the Lipschitz constant of its block gradient (L_W through a tight upper bound of
+# ||Hc||_2), so a step without momentum never increases the loss; an accelerated step that does
+# is rejected, and the momentum restarts then or when it points uphill. The gradient steps move
+# the part of H outside the row space of W only through lam_h, so at lam = 0 that part of the
+# random start is kept (no collapse).
+# Convergence: linear, but the remaining slow directions (rotations/rescalings within the fitted
+# subspace, curvature ~ lambda) make the iteration count grow roughly like 1/lambda: about 700
+# iterations at lambda = 1e-2 and 6,000 at 1e-3 for M=40, n=3 (see the tests and the report).
 
 GD_DEFAULTS = {
     "max_iters": 100_000,  # hard cap on iterations (static: sizes the history buffers)
