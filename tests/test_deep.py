@@ -25,7 +25,8 @@ def np_layer_metrics(h, y, own, reader):
     v = np_top_pcs(h, n)
     hc = h - h.mean(0)
     nrc1_variance = np.sum((hc - hc @ v @ v.T) ** 2) / np.sum(hc**2)
-    ht = h / np.linalg.norm(h, axis=1, keepdims=True)
+    norms = np.linalg.norm(h, axis=1, keepdims=True)
+    ht = h[norms[:, 0] > 0] / norms[norms[:, 0] > 0]  # zero rows have no direction: skipped (metrics.py)
     nrc1 = np.mean(np.sum((ht - ht @ v @ v.T) ** 2, axis=1))
     s = np.linalg.svd(hc, compute_uv=False)
     stable = np.sum(s**2) / s[0] ** 2
@@ -167,3 +168,47 @@ def test_layer_rows_format():
     assert [r["layer"] for r in rows] == [0, 1, 2] and [r["width"] for r in rows] == [8, 8, 4]
     assert set(rows[0]) == {"layer", "width", *deep.LAYER_KEYS}
     assert rows[2]["cka"] == 2.0 + deep.LAYER_KEYS.index("cka")
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_per_layer_run_matches_recomputation_from_exported_features(tmp_path):
+    """The issue's check: a per-layer run on data made here (not in the repository): every hidden
+    layer is reported, and each layer's nrc1_variance (and the other keys) equals a float64
+    recomputation from `inspect --export`'s layer_features_<i> and the checkpointed weights."""
+    from configs import mlp
+    from nrc_jax import inspect, train, writers
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(130, 5)).astype(np.float32)
+    y = np.stack([np.sin(x[:, 0]) + x[:, 1], x[:, 2] * x[:, 3] - x[:, 4]], 1).astype(np.float32)
+    data_path = str(tmp_path / "made_here.npz")
+    np.savez(data_path, x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    config = mlp.get_config()
+    config.data.update(name="npz", path=data_path)
+    config.model.widths = (16, 12, 8)
+    config.metrics.per_layer = True
+    config.train.update(epochs=3, eval_every=3, checkpoint_every=3, batch_size=32, progress_bar=False)
+    config.mesh.num_devices = 1
+    workdir = str(tmp_path / "run")
+    train.train_and_evaluate(config, workdir)
+
+    rows = writers.read_metrics(workdir)
+    assert rows and all([layer["width"] for layer in r["layers"]] == [16, 12, 8] for r in rows)
+    assert all([layer["layer"] for layer in r["layers"]] == [0, 1, 2] for r in rows)
+    final = rows[-1]
+    out = str(tmp_path / "export.npz")
+    run = inspect.load_run(workdir)
+    inspect.export(run, out)
+    params = jax.tree.map(lambda a: np.asarray(a[0], np.float64), run["state"].params)
+    weights = deep.layer_weights(params, config.model)
+    with np.load(out) as f:
+        assert int(f["epoch"]) == final["epoch"] == 3
+        targets = f["targets"].astype(np.float64)
+        for i, logged in enumerate(final["layers"]):
+            h = f[f"layer_features_{i}"].astype(np.float64)
+            assert h.shape == (100, logged["width"])
+            expected = np_layer_metrics(h, targets, np.asarray(weights[i].own), np.asarray(weights[i].reader))
+            assert logged["nrc1_variance"] == pytest.approx(expected["nrc1_variance"], rel=2e-3, abs=1e-5)
+            for key in deep.LAYER_KEYS:
+                assert logged[key] == pytest.approx(expected[key], rel=5e-3, abs=1e-4), (i, key)
+        np.testing.assert_allclose(f["layer_features_2"], f["features"])
