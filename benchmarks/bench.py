@@ -248,7 +248,7 @@ def make_engine(size: Size, num_members: int = 1, overrides: dict[str, Any] | No
     if num_members > 1:
         config.sweep.seed = tuple(range(num_members))
     data = RegressionData(size.name, *torch_reference.random_regression_data(size.train, size.in_dim, size.out_dim))
-    mesh = train.make_mesh(1)
+    mesh = train.make_mesh(-1)  # one CPU device unless XLA_FLAGS forces more (an env variant)
     trainer = train.Trainer(config, mesh, data.input_shape, data.target_dim)
     device_data = train.put_data(data, mesh, config.train.eval_chunk)
     return Engine(trainer, device_data, trainer.create_state(writers.sweep_members(config)), num_members)
@@ -522,6 +522,8 @@ VARIANTS: dict[str, Callable[[Size], dict[str, Any]]] = {
 ENV_VARIANTS: dict[str, dict[str, str]] = {
     "XLA single thread": {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
     "OPENBLAS_NUM_THREADS=1 (LAPACK eigh/svd of jax and numpy)": {"OPENBLAS_NUM_THREADS": "1"},
+    "2 host devices, data-parallel mesh (128 rows per device per step)":
+        {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
 }
 
 
@@ -534,10 +536,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sweep-ks", default="1,4,8")
     parser.add_argument("--out", default=os.path.join(ROOT, "results", "bench.md"), help="report path; '' = none")
     parser.add_argument("--json", default="", help="also write the raw numbers here")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch.set_num_threads for the reference (0: torch's default, as published)")
     parser.add_argument("--merge", action="store_true",
                         help="start from the numbers already in --json (rerun only some sections, report all)")
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
+    if args.torch_threads:
+        import torch
+        torch.set_num_threads(args.torch_threads)
     sizes = [s for s in args.sizes.split(",") if s]
     sections = set(args.sections.split(","))
     unknown = [s for s in sizes if s not in SIZES] + [s for s in sections if s not in (*SECTIONS, "variants", "env")]
