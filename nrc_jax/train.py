@@ -54,7 +54,7 @@ class TrainState:
 
 @flax.struct.dataclass
 class DeviceData:
-    """The data set on device, rows padded to a multiple of `eval_chunk` (padding has mask 0)."""
+    """The data set on device, each split padded to a multiple of its chunk size (padding has mask 0)."""
 
     x_train: jax.Array
     y_train: jax.Array
@@ -64,7 +64,8 @@ class DeviceData:
     mask_test: jax.Array
     sigma: jax.Array        # (n, n) covariance of the train targets (NRC3)
     num_train: int = flax.struct.field(pytree_node=False)
-    eval_chunk: int = flax.struct.field(pytree_node=False)
+    eval_chunk: int = flax.struct.field(pytree_node=False)  # rows per evaluation chunk, train split
+    test_chunk: int = flax.struct.field(pytree_node=False)  # ... and test split
 
 
 def make_mesh(num_devices: int = -1) -> Mesh:
@@ -87,21 +88,28 @@ def put_data(data: RegressionData, mesh: Mesh, eval_chunk: int) -> DeviceData:
         raise ConfigError(f"data set {data.name!r} is streamed from the host (larger than "
                           "data.max_in_memory_mb); the trainer keeps data on the device: raise "
                           "data.max_in_memory_mb or lower data.train_size / data.image_size")
-    chunk = _round_up(min(eval_chunk, max(len(data.x_train), len(data.x_test))), mesh.size)
     replicated = NamedSharding(mesh, P())
 
     def put(x: np.ndarray) -> jax.Array:
         return jax.make_array_from_process_local_data(replicated, np.ascontiguousarray(x))
 
-    def padded(x: np.ndarray, y: np.ndarray):
+    def chunk_rows(rows: int) -> int:
+        """Rows per evaluation chunk: <= eval_chunk (up to device rounding), as even as possible,
+        so padding is under one row per chunk and device (e.g. 10,000 rows: 2 x 5,000, not 2 x 8,192)."""
+        num_chunks = -(-rows // eval_chunk)
+        return _round_up(-(-rows // num_chunks), mesh.size)
+
+    def padded(x: np.ndarray, y: np.ndarray, chunk: int):
         pad = _round_up(len(x), chunk) - len(x)
         mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
         return (put(np.concatenate([x, np.repeat(x[:1], pad, 0)])),
                 put(np.concatenate([y, np.repeat(y[:1], pad, 0)])), put(mask))
 
     sigma = np.asarray(metrics.target_stats(data.y_train)["sigma"], np.float32)
-    return DeviceData(*padded(data.x_train, data.y_train), *padded(data.x_test, data.y_test),
-                      sigma=put(sigma), num_train=len(data.x_train), eval_chunk=chunk)
+    train_chunk, test_chunk = chunk_rows(len(data.x_train)), chunk_rows(len(data.x_test))
+    return DeviceData(*padded(data.x_train, data.y_train, train_chunk),
+                      *padded(data.x_test, data.y_test, test_chunk), sigma=put(sigma),
+                      num_train=len(data.x_train), eval_chunk=train_chunk, test_chunk=test_chunk)
 
 
 class Trainer:
@@ -235,7 +243,7 @@ class Trainer:
             out["layers"] = deep.per_layer_metrics(hidden, data.y_train, pred,
                                                    deep.layer_weights(state.params, c.model), data.mask_train)
         out["loss"] = 0.5 * out["train_mse"] + optim.regularization(state.params, w, out["h_norm_sq"], hp, c.optim)
-        pred, h, _ = self._features(state.params, state.model_state, data.x_test, data.eval_chunk)
+        pred, h, _ = self._features(state.params, state.model_state, data.x_test, data.test_chunk)
         test = metrics.metrics_from_stats(metrics.feature_stats(h, data.y_test, pred, data.mask_test), w,
                                           sigma=data.sigma, gamma=jnp.zeros((), h.dtype), evr_k=1)
         out.update({f"test_{k}": test[k] for k in ("mse", "mse_per_dim", "r2", "r2_per_dim")})
@@ -253,8 +261,9 @@ class Trainer:
     def features(self, state: TrainState, data: DeviceData, member: int, split: str = "train"):
         """Host arrays of one member on a split: predictions (M, n), features (M, d), hidden list."""
         one = jax.tree.map(lambda a: a[member], state)
-        x, mask = (data.x_train, data.mask_train) if split == "train" else (data.x_test, data.mask_test)
-        pred, h, hidden = jax.jit(self._features, static_argnums=3)(one.params, one.model_state, x, data.eval_chunk)
+        x, mask, chunk = ((data.x_train, data.mask_train, data.eval_chunk) if split == "train"
+                          else (data.x_test, data.mask_test, data.test_chunk))
+        pred, h, hidden = jax.jit(self._features, static_argnums=3)(one.params, one.model_state, x, chunk)
         keep = np.asarray(mask) > 0
         return np.asarray(pred)[keep], np.asarray(h)[keep], [np.asarray(a)[keep] for a in hidden]
 
