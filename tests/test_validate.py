@@ -28,17 +28,29 @@ def with_fields(config: ml_collections.ConfigDict, **fields) -> ml_collections.C
     return ml_collections.ConfigDict(d)
 
 
+def config_arguments(module) -> list[str]:
+    """The arguments a config lists (experiment_names(), PAPER or SETS names; else ""), each also
+    with ',quick'."""
+    if hasattr(module, "experiment_names"):
+        names = list(module.experiment_names())
+    else:
+        names = list(getattr(module, "PAPER", None) or getattr(module, "SETS", None) or [""])
+    return names + [",".join(filter(None, (name, "quick"))) for name in names]
+
+
 def training_configs():
-    """Every config in configs/ that the trainer runs (it has train and optim), with each data set
-    argument it lists (PAPER / SETS) and ',quick'."""
+    """Every config in configs/ that the trainer runs (it has train and optim), with each argument
+    it lists."""
     out = []
     for path in sorted(glob.glob(os.path.join(REPO, "configs", "*.py"))):
         spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3], path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        names = list(getattr(module, "PAPER", None) or getattr(module, "SETS", None) or [""])  # data set args
-        for arg in names + [",".join(filter(None, (name, "quick"))) for name in names]:
-            config = module.get_config(arg)
+        for arg in config_arguments(module):
+            try:
+                config = module.get_config(arg)
+            except ValueError:  # an argument this config does not take
+                continue
             if "train" in config and "optim" in config:
                 out.append(pytest.param(config, id=f"{os.path.basename(path)}:{arg}"))
     return out
