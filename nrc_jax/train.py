@@ -30,7 +30,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, deep, metrics, models, optim, validate, writers
+from nrc_jax import checkpoints, deep, distributed, metrics, models, optim, validate, writers
 from nrc_jax.data import RegressionData, load_dataset
 from nrc_jax.errors import ConfigError, DivergenceError
 
@@ -334,9 +334,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0)
     lambda_min = float(metrics.target_stats(data.y_train)["lambda_min"])
     t0 = time.time()
+    train_chunk = trainer.train_chunk
+    if jax.process_count() > 1:
+        # gloo (CPU) connects each new set of collective peers with a fixed 30 s deadline: every
+        # process compiles first, then all start the program together.
+        train_chunk = distributed.compile_together("train_chunk", trainer.train_chunk, state, device_data,
+                                                   jnp.asarray(0, jnp.int32))
 
     def run_chunk(state: TrainState, num_epochs: int, previous: int) -> tuple[TrainState, list[dict]]:
-        state, out = trainer.train_chunk(state, device_data, jnp.asarray(num_epochs, jnp.int32))
+        state, out = train_chunk(state, device_data, jnp.asarray(num_epochs, jnp.int32))
         rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
         _check_finite(rows, previous, ckpt)
         return state, rows
