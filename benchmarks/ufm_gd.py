@@ -27,7 +27,7 @@ from nrc_jax import metrics, ufm
 
 EQUAL = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 UNEQUAL = ((1e-4, 1.0), (1.0, 1e-4), (1e-3, 1e-1), (1e-1, 1e-3))
-ZERO_LAMBDA_ITERS = 1000
+ZERO_LAMBDA_ITERS = 500
 
 
 def synthetic_targets(m: int, n: int, seed: int) -> np.ndarray:

@@ -37,13 +37,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "init_scale": 1.0,
     })
     # The lambda > 0 trajectory shown is the sweep point with this c / lambda_min; the lambda = 0
-    # run (which never meets a relative tolerance: its loss goes to 0) runs gd.max_iters iterations.
+    # run (which never meets a relative tolerance: its loss goes to 0) runs zero_lambda_iters
+    # iterations with the gd options above.
     config.trajectory_ratio = 1e-3
+    config.zero_lambda_iters = 10_000
     if arg == "quick":
         config.synthetic.num_samples = 100
         config.d = 8
         config.ratios = (1e-2, 0.3, 2.5, 40.0)
         config.gd.max_iters = 3_000
+        config.zero_lambda_iters = 3_000
         config.trajectory_ratio = 0.3
     elif arg:
         raise ValueError(f"configs/ufm.py: unknown argument {arg!r}; use '' or 'quick'")

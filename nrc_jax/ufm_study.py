@@ -234,6 +234,9 @@ def _check_config(config: ml_collections.ConfigDict, n: int) -> None:
         raise ConfigError(f"ratios must be a non-empty list of positive numbers; got {config.ratios}")
     if int(config.d) < n:
         raise ConfigError(f"d={config.d} must be >= n={n} (the number of eigenvalues)")
+    iters = config.get("zero_lambda_iters")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ConfigError(f"zero_lambda_iters must be an int >= 1; got {iters!r}")
     if config.trajectory_ratio not in tuple(config.ratios):
         raise ConfigError(f"trajectory_ratio={config.trajectory_ratio} must be one of ratios "
                           f"{tuple(config.ratios)}")
@@ -267,7 +270,7 @@ def _run_study(config: ml_collections.ConfigDict) -> dict:
               f"loss rel gap {row['loss_rel_gap']:.1e}, WW^T gap {row['wwt_rel_gap']:.1e}, "
               f"{row['gd_iterations']} iters in {row['gd_time_s']:.1f}s", flush=True)
     shown = rows[list(config.ratios).index(config.trajectory_ratio)]
-    zero_opts = {**gd_options, "tol": 0.0, "atol": 0.0}
+    zero_opts = {**gd_options, "tol": 0.0, "atol": 0.0, "max_iters": int(config.zero_lambda_iters)}
     _, _, _, zero_history = ufm.gradient_descent(targets, 0.0, 0.0, d,
                                                  jax.random.fold_in(key, 10**6), **zero_opts)
     zero = _history_lists(zero_history)

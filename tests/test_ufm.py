@@ -1,7 +1,8 @@
 """nrc_jax.ufm (closed forms, gradient descent) and the UFM study command, against float64 numpy.
 
-Every gradient-descent call here uses one problem shape and one set of static options, so the
-solver compiles once for the whole file.
+Every gradient-descent call here uses one problem shape; the penalized calls use the solver's
+defaults and the lambda = 0 calls (tests and study) one other set of options, so the solver
+compiles twice (balanced and plain branch) for the whole file, the study included.
 """
 import json
 import os
@@ -20,7 +21,7 @@ from nrc_jax.errors import ConfigError, DataError
 import reference_numpy as ref
 
 M, N, D = 40, 3, 6
-GD_OPTIONS = {"max_iters": 10_000, "log_every": 100}
+ZERO_OPTIONS = {"max_iters": 3_000, "log_every": 100, "tol": 0.0}  # lambda = 0: fixed iterations
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -139,11 +140,12 @@ def test_nrc_vanishes_at_the_optimum():
             assert ref.nrc3(W, sigma, c) > 1e-3
 
 
-@pytest.mark.parametrize("seed,lam_h,lam_w", [(0, 1e-2, 1e-1), (1, 1.0, 0.3), (2, 1e-3, 1e-3)])
+@pytest.mark.parametrize("seed,lam_h,lam_w", [
+    (0, 1e-2, 1e-1), (1, 1.0, 0.3), (2, 1e-3, 1e-3), (3, 1e-4, 1e-4), (4, 1e-4, 1.0)])
 def test_gradient_descent_reaches_the_optimum(seed, lam_h, lam_w):
     Y = jnp.asarray(_targets(10 + seed))
     opt = ufm.optimum(Y, lam_h, lam_w)
-    H, W, b, history = ufm.gradient_descent(Y, lam_h, lam_w, D, jax.random.key(seed), **GD_OPTIONS)
+    H, W, b, history = ufm.gradient_descent(Y, lam_h, lam_w, D, jax.random.key(seed))  # defaults
     assert bool(history["converged"])
     gd_loss = float(ufm.loss(H, W, b, Y, lam_h, lam_w))
     assert gd_loss - float(opt["loss"]) <= 1e-6 * float(opt["loss"])
@@ -160,13 +162,57 @@ def test_gradient_descent_reaches_the_optimum(seed, lam_h, lam_w):
 
 def test_gradient_descent_without_penalty_does_not_collapse():
     Y = jnp.asarray(_targets(20))
-    options = {**GD_OPTIONS, "tol": 0.0}
-    H, W, b, history = ufm.gradient_descent(Y, 0.0, 0.0, D, jax.random.key(7), **options)
-    assert int(history["iterations"]) == GD_OPTIONS["max_iters"]
+    H, W, b, history = ufm.gradient_descent(Y, 0.0, 0.0, D, jax.random.key(7), **ZERO_OPTIONS)
+    assert int(history["iterations"]) == ZERO_OPTIONS["max_iters"]
     assert float(ufm.loss(H, W, b, Y, 0.0, 0.0)) < 1e-10  # the targets are fit exactly ...
     H, W = np.asarray(H), np.asarray(W)
     assert ref.nrc1(H, N) > 0.05 and ref.nrc2(H, W) > 0.05  # ... with no collapse
     assert float(history["nrc2"][-1]) == pytest.approx(ref.nrc2(H, W), rel=1e-6)
+
+
+def _penalty(H, W, lam_h, lam_w):
+    return lam_h * np.sum(H**2) / (2 * H.shape[0]) + lam_w / 2 * np.sum(W**2)
+
+
+@pytest.mark.parametrize("lam_h,lam_w", [(0.3, 0.05), (1e-4, 1.0)])
+def test_balance_keeps_the_fit_and_minimizes_the_penalty(lam_h, lam_w):
+    rng = np.random.default_rng(8)
+    Y = _targets(8)
+    H, W = rng.normal(size=(M, D)) + 0.5, rng.normal(size=(N, D))  # off-center, H not in row(W)
+    Hb, Wb = (np.asarray(a) for a in ufm.balance(H, W, lam_h, lam_w))
+    Hc = H - H.mean(axis=0)
+    np.testing.assert_allclose(Hb @ Wb.T, Hc @ W.T, atol=1e-12 * np.abs(Hc @ W.T).max())
+    np.testing.assert_allclose(Hb.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(lam_h * Hb.T @ Hb, M * lam_w * Wb.T @ Wb,
+                               atol=1e-10 * np.abs(lam_h * Hb.T @ Hb).max())
+    # the smallest penalty of any factorization of Z = Hc W^T: sqrt(c / M) ||Z||_* (AM-GM)
+    nuclear = np.sum(np.linalg.svd(Hc @ W.T, compute_uv=False))
+    assert _penalty(Hb, Wb, lam_h, lam_w) == pytest.approx(np.sqrt(lam_h * lam_w / M) * nuclear,
+                                                            rel=1e-10)
+    ybar = Y.mean(axis=0)
+    before = np_loss(H, W, ybar - H.mean(axis=0) @ W.T, Y, lam_h, lam_w)
+    after = np_loss(Hb, Wb, ybar, Y, lam_h, lam_w)
+    assert after < before
+    assert after == pytest.approx(before - _penalty(H, W, lam_h, lam_w)
+                                  + _penalty(Hb, Wb, lam_h, lam_w), rel=1e-10)
+    # at a balanced point the move is the identity (its free rotation is the nearest one)
+    Hbb, Wbb = (np.asarray(a) for a in ufm.balance(Hb, Wb, lam_h, lam_w))
+    np.testing.assert_allclose(Wbb, Wb, atol=1e-10)
+    np.testing.assert_allclose(Hbb, Hb, atol=1e-10 * np.abs(Hb).max())
+    with pytest.raises(ConfigError, match="lam_h > 0 and lam_w > 0"):
+        ufm.balance(H, W, 0.0, lam_w)
+
+
+def test_gradient_descent_plain_branch_with_balance_off():
+    """balance=False runs the plain full-dimensional steps: slower, but the same optimum."""
+    Y = jnp.asarray(_targets(30))
+    lam = 0.3
+    opt = ufm.optimum(Y, lam, lam)
+    H, W, b, history = ufm.gradient_descent(Y, lam, lam, D, jax.random.key(1), balance=False,
+                                            **{k: v for k, v in ZERO_OPTIONS.items() if k != "tol"})
+    assert bool(history["converged"])
+    gd_loss = float(ufm.loss(H, W, b, Y, lam, lam))
+    assert float(opt["loss"]) * (1 - 1e-12) <= gd_loss <= float(opt["loss"]) * (1 + 1e-6)
 
 
 def test_optimum_without_penalties():
@@ -205,7 +251,7 @@ def test_bad_input_is_named_before_compiling():
 
 
 def _tiny_study_config(out_dir) -> ml_collections.ConfigDict:
-    """Same shapes and solver options as the tests above, so nothing new is compiled."""
+    """Same shapes as the tests above; the lambda = 0 run has the same options (no new compile)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("ufm_config", os.path.join(REPO, "configs", "ufm.py"))
@@ -218,8 +264,9 @@ def _tiny_study_config(out_dir) -> ml_collections.ConfigDict:
     config.d = D
     config.ratios = (0.1, 2.0, 20.0)
     config.trajectory_ratio = 0.1
-    config.gd.max_iters = GD_OPTIONS["max_iters"]
-    config.gd.log_every = GD_OPTIONS["log_every"]
+    config.gd = ml_collections.ConfigDict(dict(ufm.GD_DEFAULTS))  # reuses the penalized compile
+    config.gd.log_every = ZERO_OPTIONS["log_every"]
+    config.zero_lambda_iters = ZERO_OPTIONS["max_iters"]  # ... and the lambda = 0 one
     return config
 
 
