@@ -56,9 +56,14 @@ def parse_flags(argv: list[str]) -> list[str]:
         _CONFIG.value.keys()  # a config file that failed to load raises only when used
         return rest
     except (KeyError, AttributeError) as e:  # --config.a.b=v naming a field the config lacks
-        field = str(e).strip("\"'")
+        text: object = e
+        while isinstance(text, BaseException) and text.args:  # ConfigDict wraps a KeyError in an AttributeError
+            text = text.args[0]
+        field, *hint = str(text).splitlines()
+        field = field.strip("\"'")
         named = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a.split("=")[0]]
-        print(f"error: {', '.join(named) or field}: the config has no field {field!r}", file=sys.stderr)
+        print(f"error: {', '.join(named) or field}: the config has no field {field!r}. {' '.join(hint)}".rstrip(),
+              file=sys.stderr)
     except (flags.Error, OSError, ValueError, TypeError) as e:
         print(f"error: {_first_and_last_line(e)}", file=sys.stderr)
     sys.exit(2)
