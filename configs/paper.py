@@ -1,0 +1,155 @@
+"""Every experiment of the paper: `get_config('<experiment>[,quick]')`.
+
+Experiments (full scale = the paper's settings, ../shared/docs/nrc-spec.md):
+  fig2_<set>       Figures 2-4 (train/test MSE, R2, NRC1-3 vs epoch; EVR of the top 5 PCs; final
+                   NRC3 vs gamma/lambda_min) at the paper's weight decay, seeds 0, 1, 2 as one sweep.
+                   <set>: swimmer, reacher, hopper (3 x 256 MLP), carla1d, carla2d (ResNet18),
+                   utkface (ResNet34).
+  fig5_wd_<set>    Figures 5, 7, 8: the weight-decay sweep (phase change at small decay), values x
+                   seeds in one program. <set>: swimmer, hopper {1e-2, 5e-3, 5e-4, 5e-5, 0},
+                   reacher {1.5e-3, 5e-4, 5e-5, 5e-6, 0}, carla2d {1e-1, 1e-2, 5e-3, 5e-4, 0}.
+  fig6_ufm_<set>   Figures 6, 9: UFM-regularized networks: no decay on the body, 0.5*lambda_H*mean
+                   ||h||^2 + 0.5*lambda_W*||W||^2 with lambda_H = lambda_W in {1e-2, 1e-3, 1e-4,
+                   1e-5, 0} (sweep.mode='zip' with the seeds), no ReLU before the features, 1e4
+                   epochs. <set>: swimmer, reacher, hopper (the spec's 1e4 epochs are MLP-sized).
+  table1           Table 1: the data sets whose statistics are tabulated (`datasets`, a dict of
+                   data configs); see nrc_jax.reproduce.write_table1.
+The base configs are configs/mujoco.py (MLP runs) and configs/images.py (ResNets); each experiment
+changes a few fields of them.
+
+`,quick` shrinks a run for 2 CPU cores. For the MuJoCo sets it also changes the optimization so the
+collapse shows within minutes instead of CPU-days: batch 64 (instead of 256) and lr 5e-2 (instead
+of 1e-2) give 20x the weight decay per epoch (lr*wd per step, 4x the steps) at the paper's weight
+decay values; Hopper trains on 2,000 of its 10,000 rows; one seed. Image sets: ResNet18 of width
+16 at 16x16 pixels on a few hundred images (CARLA/UTKFace still need data.path).
+
+Launch (resumes from WORKDIR when rerun):
+  python -m nrc_jax.main --config=configs/paper.py:fig2_swimmer --workdir=runs/fig2_swimmer
+  python -m nrc_jax.main --config=configs/paper.py:fig5_wd_hopper,quick --workdir=/tmp/wd_hopper
+  python -m nrc_jax.main --config=configs/paper.py:fig2_carla2d --workdir=runs/carla2d \
+      --config.data.path=/data/carla
+  python -m nrc_jax.plot runs/fig2_swimmer runs/fig5_wd_swimmer --out figures/
+  python -m nrc_jax.reproduce            # all quick runs, figures and tables -> results/quick/
+
+Runtime. Quick (measured on the shared 2-core CPU of this project, single process; compile
+included): see QUICK_RUNTIME below, about 1-3 minutes per MuJoCo quick sweep. Full scale
+(ESTIMATES, not measured: from the measured CPU time per model-epoch of the quick runs, 3 x 256 MLP
+at batch 256 on 1,000 rows about 30 ms per model-epoch on one CPU core): fig2_swimmer 1e6 epochs
+x 3 seeds ~ 25 CPU-hours (the paper reports ~16 h of CPU per run), fig2_reacher 1.5e6 x 3 ~ 40 h,
+fig2_hopper 2e5 x 3 on 10x the rows ~ 50 h, a 5-value weight-decay sweep 5/3 of its fig2 run,
+fig6_ufm_* 1e4 epochs x 15 models ~ 1-15 h; on one GPU the vmapped sweep runs all members at once
+(see results/bench.md). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace
+(25,000, ResNet34) are GPU runs: of the order of a day and of an hour on one modern GPU
+(estimate: ~2.5 GFLOP per ResNet18 forward at 224x224, 3x for a training step).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from configs import images, mujoco
+
+MUJOCO_SETS = ("swimmer", "reacher", "hopper")
+SEEDS = (0, 1, 2)
+IMAGE_SETS = {  # experiment data set: (configs/images.py base, data.targets)
+    "carla1d": ("carla", "speed"),
+    "carla2d": ("carla", "speed_steer"),
+    "utkface": ("utkface", ""),
+    "synthetic_images": ("synthetic_images", "x_y_size"),  # embedded stand-in, not in the paper
+}
+WD_SWEEPS = {name: mujoco.weight_decay_sweep(name) for name in MUJOCO_SETS}
+WD_SWEEPS["carla2d"] = (1e-1, 1e-2, 5e-3, 5e-4, 0.0)
+WD_SWEEPS["synthetic_images"] = (1e-2, 5e-3, 5e-4, 5e-5, 0.0)  # ours (the CARLA 2D values' scale)
+UFM_LAMBDAS = (1e-2, 1e-3, 1e-4, 1e-5, 0.0)
+UFM_EPOCHS = 10_000
+
+# The quick MuJoCo setting (see the module docstring): (epochs, train_size) per data set.
+QUICK_MUJOCO = {"swimmer": (600, 0), "reacher": (600, 0), "hopper": (300, 2000)}
+QUICK_LR, QUICK_BATCH = 5e-2, 64
+QUICK_UFM_LAMBDAS = (1e-2, 1e-3, 0.0)
+QUICK_UFM_LR = 1e-2
+# Measured wall-clock of the quick runs (filled from nrc_jax.reproduce's timing log; see results/).
+QUICK_RUNTIME = "see results/quick/summary.md (stage timings of the last `make run`)"
+
+
+def experiment_names() -> tuple[str, ...]:
+    """Every experiment `get_config` accepts (each also with ',quick')."""
+    return (tuple(f"fig2_{s}" for s in (*MUJOCO_SETS, *IMAGE_SETS))
+            + tuple(f"fig5_wd_{s}" for s in WD_SWEEPS)
+            + tuple(f"fig6_ufm_{s}" for s in MUJOCO_SETS) + ("table1",))
+
+
+def get_config(arg: str = "fig2_swimmer") -> ml_collections.ConfigDict:
+    """`arg`: an experiment from `experiment_names()`, optionally followed by ',quick'."""
+    name, *options = [a for a in arg.split(",") if a] or [""]
+    if name not in experiment_names() or set(options) - {"quick"}:
+        raise ValueError(f"configs/paper.py: argument {arg!r}; use one of {list(experiment_names())} "
+                         "[+ ',quick']")
+    quick = "quick" in options
+    if name == "table1":
+        return table1_config(quick)
+    kind, dataset = name.split("_", 1) if not name.startswith("fig5_wd_") else ("fig5", name[len("fig5_wd_"):])
+    if name.startswith("fig6_ufm_"):
+        return ufm_sweep_config(name[len("fig6_ufm_"):], quick)
+    config = base_config(dataset, quick)
+    if kind == "fig5":
+        config.sweep.weight_decay = (WD_SWEEPS[dataset][0], 0.0) if quick else WD_SWEEPS[dataset]
+    return config
+
+
+def base_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
+    """The Figure 2 run of `dataset`: the paper's settings, seeds 0, 1, 2 (one seed when quick)."""
+    if dataset in MUJOCO_SETS:
+        config = mujoco.get_config(dataset)
+        if quick:
+            epochs, train_size = QUICK_MUJOCO[dataset]
+            config.data.train_size = train_size
+            config.optim.lr = QUICK_LR
+            config.train.update(epochs=epochs, batch_size=QUICK_BATCH, eval_every=epochs // 30,
+                                checkpoint_every=epochs // 5)
+            config.sweep.seed = ()
+        return config
+    base, targets = IMAGE_SETS[dataset]
+    config = images.get_config(base)
+    config.data.targets = targets
+    config.sweep.seed = SEEDS
+    if quick:
+        config.data.update(image_size=16, train_size=512, test_size=128)
+        config.model.update(width=16, stem="cifar")
+        config.train.update(epochs=10, batch_size=128, eval_every=1, checkpoint_every=5)
+        config.sweep.seed = ()
+    return config
+
+
+def ufm_sweep_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
+    """Figures 6, 9: the UFM-regularized MLP, lambda_H = lambda_W swept with the seeds (zip)."""
+    config = base_config(dataset, quick)
+    config.model.feature_activation = False
+    config.optim.update(regularizer="ufm", weight_decay=0.0)
+    lambdas, seeds = (QUICK_UFM_LAMBDAS, (0,)) if quick else (UFM_LAMBDAS, SEEDS)
+    pairs = [(lam, seed) for lam in lambdas for seed in seeds]
+    config.sweep.update(mode="zip", lambda_h=tuple(p[0] for p in pairs), lambda_w=tuple(p[0] for p in pairs),
+                        seed=tuple(p[1] for p in pairs))
+    if quick:
+        config.optim.lr = QUICK_UFM_LR  # without the ReLU the features are unbounded: 5e-2 diverges
+    else:
+        config.train.update(epochs=UFM_EPOCHS, eval_every=UFM_EPOCHS // 1000, checkpoint_every=UFM_EPOCHS // 100)
+    return config
+
+
+def table1_config(quick: bool) -> ml_collections.ConfigDict:
+    """Table 1: `datasets` maps a row label to the data config that loads it (train split stats).
+
+    Quick: the sets made locally (no data.path). Full: also CARLA 1D/2D and UTKFace, whose
+    data.path must be set (e.g. --config.datasets.carla2d.path=/data/carla).
+    """
+    config = ml_collections.ConfigDict()
+    config.datasets = ml_collections.ConfigDict()
+    for name in (*MUJOCO_SETS, "synthetic_images"):
+        config.datasets[name] = images.get_config("synthetic_images").data if name == "synthetic_images" \
+            else mujoco.get_config(name).data
+    if not quick:
+        for label, (base, targets) in IMAGE_SETS.items():
+            data = images.get_config(base).data
+            data.targets = targets
+            config.datasets[label] = data
+    return config
