@@ -59,10 +59,9 @@ def non_negative() -> Rule:
     return Rule(lambda v: _is_real(v) and v >= 0, "a finite number >= 0")
 
 
-def fraction(*, closed_high: bool = False) -> Rule:
-    """[0, 1) or [0, 1]."""
-    return Rule(lambda v: _is_real(v) and 0 <= v and (v <= 1 if closed_high else v < 1),
-                f"a number in [0, 1{']' if closed_high else ')'}")
+def fraction() -> Rule:
+    """[0, 1): momentum and Adam's decay rates."""
+    return Rule(lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)")
 
 
 def boolean() -> Rule:
