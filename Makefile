@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(PY) -m nrc_jax.reproduce
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[test,bench]'
