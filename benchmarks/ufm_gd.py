@@ -1,7 +1,7 @@
 """Time `nrc_jax.ufm.gradient_descent` with its DEFAULT options against the closed form, float64.
 
 Run (from the repository root):
-  .venv/bin/python benchmarks/ufm_gd.py > results/ufm/gd_benchmark.md
+  .venv/bin/python benchmarks/ufm_gd.py > results/ufm/gd_benchmark.md   # ~4 min wall under load
   .venv/bin/python benchmarks/ufm_gd.py --shapes=200x4x16      # other (M x n x d) shapes
 
 For each shape the solver is compiled once (a warm-up solve, timed separately: the lambdas are
@@ -17,13 +17,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root
 
-from nrc_jax import metrics, ufm
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from nrc_jax import metrics, ufm  # noqa: E402
 
 EQUAL = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 UNEQUAL = ((1e-4, 1.0), (1.0, 1e-4), (1e-3, 1e-1), (1e-1, 1e-3))
@@ -89,7 +92,7 @@ def run_shape(m: int, n: int, d: int, seed: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default="1000x8x512,1000x8x8",
+    parser.add_argument("--shapes", default="1000x8x512,1000x8x16",
                         help="comma-separated M x n x d shapes (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

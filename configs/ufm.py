@@ -5,8 +5,9 @@ Launch:
   python -m nrc_jax.ufm --config=configs/ufm.py:quick --config.out_dir=/tmp/ufm_quick
   python -m nrc_jax.ufm --config=configs/ufm.py --config.synthetic.eigenvalues="(2.,1.,.5,.05)"
 Outputs: nrc_vs_c.png, trajectories.png, gaps.csv, gaps.md, summary.json (see nrc_jax/ufm_study.py).
-Expected runtime on the 2-core CPU: default about a minute (two compiles of ~10-20 s each, then
-10 sweep points and two trajectories); `:quick` about half of that, mostly compilation.
+Expected runtime on the 2-core CPU: default about 30 s CPU (80 s wall on the shared, loaded
+machine), mostly compilation and figures: the sweep's 10 solves take 15-65 iterations each and the
+lambda = 0 run 10,000; `:quick` about half of that.
 """
 from __future__ import annotations
 
