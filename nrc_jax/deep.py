@@ -24,7 +24,11 @@ eigenvectors of `S_h`:
                       transforms of either side
   probe_mse           training MSE (summed over target dims, like `metrics.mse`) of the least-squares
                       probe Y ~ H_i B + c: B = (S_h + r I)^{-1} S_hy with the small ridge
-                      r = probe_ridge * tr(S_h) / d_i, c the mean residual (so the bias is exact)
+                      r = probe_ridge * tr(E[h h^T]), c the mean residual (so the bias is exact).
+                      The ridge keeps directions below the rounding level of the statistics out
+                      of the fit: S_h comes from sums (sum_hh/M - hbar hbar^T), whose error is
+                      about eps * tr(E[h h^T]); default probe_ridge 1e-5 in float32, 1e-12 in
+                      float64 (pass a smaller one in float64 to get the plain least-squares error)
 
 Layers are numbered from 0 in depth order, like `inspect --export`'s `layer_features_<i>`.
 The weights each layer uses (`layer_weights`):
@@ -49,7 +53,7 @@ from nrc_jax.errors import ConfigError, DataError
 
 Array = jax.Array
 LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")
-DEFAULT_PROBE_RIDGE = 1e-6
+DEFAULT_PROBE_RIDGE = {"float32": 1e-5, "float64": 1e-12}  # by the dtype of the statistics
 
 _dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
@@ -105,17 +109,16 @@ def linear_cka_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array) -> Array:
     return _safe_divide(jnp.sum(s_hy**2), jnp.linalg.norm(s_hh) * jnp.linalg.norm(s_yy))
 
 
-def probe_mse_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array,
-                               ridge: float = DEFAULT_PROBE_RIDGE) -> Array:
+def probe_mse_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array, ridge: float) -> Array:
     """Training MSE of the ridge least-squares probe Y ~ H B + c from centered covariances.
 
-    With S_hh = U diag(e) U^T, r = ridge * tr(S_hh) / d and G = U^T S_hy, the probe
+    `ridge` is absolute here (r). With S_hh = U diag(e) U^T and G = U^T S_hy, the probe
     B = U diag(1/(e + r)) G leaves MSE = tr(S_yy) - 2 tr(B^T S_hy) + tr(B^T S_hh B)
     = tr(S_yy) - sum_k ||G_k||^2 (e_k + 2r) / (e_k + r)^2 (clipped at 0 against rounding).
     """
     values, vectors = jnp.linalg.eigh(_symmetrize(s_hh))
     values = jnp.clip(values, 0.0, None)
-    r = ridge * jnp.sum(values) / s_hh.shape[0]
+    r = ridge
     g_sq = jnp.sum(_dot(vectors.T, s_hy) ** 2, axis=1)
     den = (values + r) ** 2
     explained = jnp.sum(jnp.where(den > 0, g_sq * (values + 2 * r) / jnp.where(den > 0, den, 1.0), 0.0))
@@ -124,14 +127,15 @@ def probe_mse_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array,
 
 # ----------------------------------------------------------------------------- one layer
 def layer_metrics_from_stats(stats: metrics.FeatureStats, weights: LayerWeights | None = None, *,
-                             n: int | None = None, probe_ridge: float = DEFAULT_PROBE_RIDGE) -> dict[str, Array]:
+                             n: int | None = None, probe_ridge: float | None = None) -> dict[str, Array]:
     """Every per-layer metric (module docstring) of one hidden layer. Jittable.
 
     Args:
       stats: FeatureStats of the layer's features (d) and the targets (n) over the whole set.
       weights: the layer's LayerWeights; without it weight_stable_rank and alignment are nan.
       n: number of principal directions (default: the target dim), 1 <= n <= d.
-      probe_ridge: relative ridge of the linear probe (see `probe_mse_from_covariances`).
+      probe_ridge: relative ridge of the linear probe, r = probe_ridge * tr(E[h h^T]) (module
+        docstring); None: DEFAULT_PROBE_RIDGE of the statistics' dtype.
     Returns: dict of scalars keyed by LAYER_KEYS.
     """
     d, n_targets = stats.sum_hy.shape
@@ -140,6 +144,8 @@ def layer_metrics_from_stats(stats: metrics.FeatureStats, weights: LayerWeights 
         raise ConfigError(f"n={n} principal directions need 1 <= n <= d={d} (layer width)")
     if weights is not None and weights.reader.shape[1] != d:
         raise DataError(f"reader weights shape {tuple(weights.reader.shape)} do not read a layer of width {d}")
+    if probe_ridge is None:
+        probe_ridge = DEFAULT_PROBE_RIDGE["float64" if stats.sum_hh.dtype == jnp.float64 else "float32"]
     return _layer_metrics_impl(stats, weights, n, probe_ridge)
 
 
@@ -157,7 +163,7 @@ def _layer_metrics_impl(stats, weights, n, probe_ridge):
         "nrc1": _residual_fraction(stats.sum_hn_hn, pcs),
         "stable_rank": _safe_divide(jnp.sum(values), values[0]),
         "cka": linear_cka_from_covariances(s_hh, s_hy, s_yy),
-        "probe_mse": probe_mse_from_covariances(s_hh, s_hy, s_yy, probe_ridge),
+        "probe_mse": probe_mse_from_covariances(s_hh, s_hy, s_yy, probe_ridge * jnp.trace(stats.sum_hh) / count),
     }
     nan = jnp.full((), jnp.nan, s_hh.dtype)
     if weights is None:
@@ -170,7 +176,7 @@ def _layer_metrics_impl(stats, weights, n, probe_ridge):
 
 
 def layer_metrics(features: Any, targets: Any, weights: LayerWeights | None = None, *, n: int | None = None,
-                  probe_ridge: float = DEFAULT_PROBE_RIDGE) -> dict[str, Array]:
+                  probe_ridge: float | None = None) -> dict[str, Array]:
     """`layer_metrics_from_stats` of arrays: features (M, d), targets (M, n) or (M,)."""
     y = jnp.asarray(targets)
     y = y[:, None] if y.ndim == 1 else y
@@ -219,7 +225,7 @@ def layer_weights(params: Any, model_config: Any) -> list[LayerWeights]:
 
 
 def per_layer_metrics(hidden: Sequence[Array], targets: Array, predictions: Array, weights: Sequence[LayerWeights],
-                      mask: Array | None = None, *, probe_ridge: float = DEFAULT_PROBE_RIDGE) -> dict[str, Array]:
+                      mask: Array | None = None, *, probe_ridge: float | None = None) -> dict[str, Array]:
     """Per-layer metrics of a network on one set, for use inside compiled code.
 
     Args:

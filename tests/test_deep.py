@@ -199,15 +199,15 @@ def test_per_layer_run_matches_recomputation_from_exported_features(tmp_path):
     out = str(tmp_path / "export.npz")
     run = inspect.load_run(workdir)
     inspect.export(run, out)
-    params = jax.tree.map(lambda a: np.asarray(a[0], np.float64), run["state"].params)
-    weights = deep.layer_weights(params, config.model)
+    weights = deep.layer_weights(jax.tree.map(lambda a: a[0], run["state"].params), config.model)
     with np.load(out) as f:
         assert int(f["epoch"]) == final["epoch"] == 3
         targets = f["targets"].astype(np.float64)
         for i, logged in enumerate(final["layers"]):
             h = f[f"layer_features_{i}"].astype(np.float64)
             assert h.shape == (100, logged["width"])
-            expected = np_layer_metrics(h, targets, np.asarray(weights[i].own), np.asarray(weights[i].reader))
+            expected = np_layer_metrics(h, targets, np.asarray(weights[i].own, np.float64),
+                                        np.asarray(weights[i].reader, np.float64))
             assert logged["nrc1_variance"] == pytest.approx(expected["nrc1_variance"], rel=2e-3, abs=1e-5)
             for key in deep.LAYER_KEYS:
                 assert logged[key] == pytest.approx(expected[key], rel=5e-3, abs=1e-4), (i, key)
