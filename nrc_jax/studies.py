@@ -253,6 +253,7 @@ def figure(result: dict):
         ax.plot(c, predicted, "--o", color=colour, mfc="none", label=f"{label}: UFM")
         ax.plot(c, measured, "-s", color=colour, label=f"{label}: measured")
     ax.set_xscale("log")
+    ax.set_yscale("log")
     ax.set_xlabel("c = λ_H λ_W (weight decay: wd², approximate)")
     ax.set_ylabel("training MSE (transformed units)")
     ax.set_title(f"{result['dataset']}: {result['study']} (epochs {result['epochs']})", fontsize=10)
