@@ -220,7 +220,9 @@ def _closed_form(targets, lam_h, lam_w, d, key):
 # fixed Z the penalty has a closed-form minimum over all of them (the balanced factorization), so
 # jumping there is an exact move that never increases the loss and leaves no slow direction but
 # the singular values and vectors of Z, which the gradient steps fit linearly at a rate set by the
-# target spectrum (~100-300 iterations from lambda = 1e-4 to 1, see benchmarks/ufm_gd.py).
+# target spectrum and by how far the eigenvalues lambda_j are from c (36-1,300 iterations for
+# M=1000, n=8 at lambdas in [1e-4, 1], results/ufm/gd_benchmark.md; a few thousand when some
+# lambda_j is within 0.1% of c, where the optimum is degenerate and convergence is sublinear).
 #
 # Why small coordinates: after the first balancing H = A Q^T and W = B Q^T with Q (d, n) orthonormal,
 # and every later gradient stays in that row space (grad_H = ((A B^T - Yc) B + lam_h A) Q^T / M,
@@ -478,7 +480,7 @@ def gradient_descent(
     momentum with restarts, b in closed form. For concrete lam_h, lam_w > 0 with balance=True (the
     default) each sweep ends with the exact balancing move (`balance`), and the iteration runs on
     the n-dimensional row space of the random W0, where it stays: about 40-1,300 iterations and a
-    few seconds for M=1000, n=8, d=512 at lambdas in [1e-4, 1] (benchmarks/ufm_gd.py). The first
+    few CPU seconds for M=1000, n=8, d=512 at lambdas in [1e-4, 1] (benchmarks/ufm_gd.py). The first
     move already puts H in the row space of W, so NRC1/NRC2 in `history` are ~0 from the second
     entry on. Otherwise (a lambda of 0, traced lambdas, or balance=False) plain steps run in full
     dimension; at lam_h = lam_w = 0 the random start's part of H outside W's row space is kept.
