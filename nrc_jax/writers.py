@@ -62,6 +62,31 @@ def _plain(x: Any) -> Any:
     return a.item() if a.ndim == 0 else a.tolist()
 
 
+def _nan_to_none(x: Any) -> Any:
+    """Non-finite floats become null so every metrics.jsonl line is strict JSON (jq, pandas)."""
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+def _none_to_nan(x: Any) -> Any:
+    if x is None:
+        return float("nan")
+    if isinstance(x, dict):
+        return {k: v if k == "sweep" else _none_to_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_none_to_nan(v) for v in x]
+    return x
+
+
+def json_line(row: dict) -> str:
+    return json.dumps(_nan_to_none(row), allow_nan=False) + "\n"
+
+
 def metric_rows(out: dict, members: list[dict], lambda_min: float, time_s: float) -> list[dict]:
     """One row per sweep member from the host copy of `Trainer.evaluate`'s (K, ...) arrays."""
     rows = []
@@ -84,7 +109,7 @@ def read_metrics(workdir: str) -> list[dict]:
         with open(path) as f:
             for line in f:
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(_none_to_nan(json.loads(line)))
                 except json.JSONDecodeError:
                     continue
     return rows
@@ -93,7 +118,7 @@ def read_metrics(workdir: str) -> list[dict]:
 def write_json_atomic(path: str, obj: Any) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
+        json.dump(_nan_to_none(obj), f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -102,7 +127,7 @@ def write_json_atomic(path: str, obj: Any) -> None:
 def _write_lines_atomic(path: str, rows: list[dict]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+        f.writelines(json_line(r) for r in rows)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -156,7 +181,7 @@ class RunWriter:
         """Appends the rows of one evaluation (all members) and logs them to TensorBoard."""
         if not self.enabled:
             return
-        self._file.write("".join(json.dumps(r) + "\n" for r in rows))
+        self._file.write("".join(json_line(r) for r in rows))
         self._file.flush()
         os.fsync(self._file.fileno())
         for row, tb in zip(rows, self._tb):
