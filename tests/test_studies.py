@@ -1,6 +1,5 @@
 """nrc_jax.studies (target preprocessing, single- vs multi-task) on a tiny data set made here, the
-UFM predictions against a numpy recomputation, the CLI's user errors, and configs/sgemm.py +
-configs/deep_mlp.py on a tiny SGEMM csv in the real layout."""
+UFM predictions against a numpy recomputation, and the CLI's user errors."""
 import json
 import os
 
@@ -42,13 +41,22 @@ def test_ufm_mse_is_the_closed_form():
         assert studies.ufm_mse(y, lam, lam) == pytest.approx(np_ufm_mse(y, lam * lam), rel=1e-9, abs=1e-12)
 
 
+def test_weight_decay_mapping_is_labelled_approximate():
+    rng = np.random.default_rng(2)
+    y = rng.normal(size=(50, 2)) @ np.diag([1.0, 0.1])
+    member = {"weight_decay": 0.3, "lambda_h": 0.0, "lambda_w": 0.0}
+    predicted, mapping = studies.member_prediction(y, member, "weight_decay")
+    assert mapping.startswith("approx") and predicted == pytest.approx(np_ufm_mse(y, 0.09), rel=1e-9)
+    assert studies.with_weight_decay_sweep(studies.study_config(), (0.1, 0.0)).sweep.weight_decay == (0.1, 0.0)
+
+
 def test_preprocessing_study_rows(npz_path, tmp_path):
     from nrc_jax.data import load_dataset
 
     config = tiny_study_config(npz_path)
-    result = studies.preprocessing_study(config, str(tmp_path), transforms=("zca",), lambdas=LAMBDAS, decays=(0.1,))
+    result = studies.preprocessing_study(config, str(tmp_path), transforms=("zca",), lambdas=LAMBDAS)
     rows = result["rows"]
-    assert [(r["transform"], r["regularizer"]) for r in rows] == [("zca", "ufm"), ("zca", "ufm"), ("zca", "weight_decay")]
+    assert [(r["transform"], r["regularizer"]) for r in rows] == [("zca", "ufm"), ("zca", "ufm")]
     for r in rows:
         config.data.target_transform = r["transform"]
         y = load_dataset(config.data).y_train
@@ -60,7 +68,6 @@ def test_preprocessing_study_rows(npz_path, tmp_path):
     np.testing.assert_allclose(zca[0]["eigenvalues"], [1.0, 1.0], rtol=1e-4)
     assert [r["c"] for r in zca] == pytest.approx([lam**2 for lam in LAMBDAS])
     assert zca[-1]["predicted_mse"] == pytest.approx(2.0, rel=1e-4)  # c = 1 >= every eigenvalue: fit nothing
-    assert rows[2]["mapping"].startswith("approx") and rows[2]["c"] == pytest.approx(0.01)
 
     paths = studies.write_outputs(result, str(tmp_path / "out"))
     assert [os.path.basename(p) for p in paths] == ["preprocessing_npz.json", "preprocessing_npz.md",
@@ -99,58 +106,3 @@ def test_cli_user_errors_exit_2(capsys, tmp_path):
     assert err.startswith("error: unknown data set 'nope'") and "Traceback" not in err
     assert studies.main(["preprocessing", "--lambdas", "", "--decays", "", "--out", str(tmp_path)]) == 2
     assert "nothing to run" in capsys.readouterr().err
-
-
-# ----------------------------------------------------------------------------- configs
-SGEMM_HEADER = ("MWG,NWG,KWG,MDIMC,NDIMC,MDIMA,NDIMB,KWI,VWM,VWN,STRM,STRN,SA,SB,"
-                "Run1 (ms),Run2 (ms),Run3 (ms),Run4 (ms)")
-
-
-def write_tiny_sgemm_csv(path, rows=60, seed=0):
-    """The release's layout: the header, 14 integer kernel parameters, 4 run times in ms."""
-    rng = np.random.default_rng(seed)
-    params = np.column_stack([rng.choice([16, 32, 64, 128], rows), rng.choice([16, 32, 64, 128], rows),
-                              rng.choice([16, 32], rows), rng.choice([8, 16, 32], rows),
-                              rng.choice([8, 16, 32], rows), rng.choice([8, 16, 32], rows),
-                              rng.choice([8, 16, 32], rows), rng.choice([2, 8], rows),
-                              rng.choice([1, 2, 4, 8], rows), rng.choice([1, 2, 4, 8], rows),
-                              rng.integers(0, 2, (rows, 4))])
-    base = 20.0 + params[:, 0] * params[:, 1] / 64.0 + 5.0 * params[:, 10]
-    runs = base[:, None] * (1.0 + 0.01 * rng.normal(size=(rows, 4)))
-    with open(path, "w") as f:
-        f.write(SGEMM_HEADER + "\n")
-        for p, r in zip(params, runs):
-            f.write(",".join(str(int(v)) for v in p) + "," + ",".join(f"{v:.2f}" for v in r) + "\n")
-
-
-def test_sgemm_config_runs_on_a_tiny_csv_with_per_layer_metrics(tmp_path):
-    from configs import deep_mlp, sgemm
-    from nrc_jax import train
-    from nrc_jax.errors import DataError
-
-    csv = tmp_path / "sgemm_product.csv"
-    write_tiny_sgemm_csv(csv)
-    config = sgemm.get_config("quick")
-    assert config.model.widths == (deep_mlp.WIDTH,) * deep_mlp.DEPTH == (512,) * 8
-    assert (config.data.name, config.data.targets, config.metrics.per_layer) == ("sgemm", "log_runs", True)
-    with pytest.raises(DataError, match="data.path"):
-        train.train_and_evaluate(config, str(tmp_path / "no_path"))
-    config.data.update(path=str(tmp_path), train_size=40, test_size=10)  # the folder holding the csv
-    config.model.widths = (16, 16)  # a small body for a fast test (the shipped one is checked above)
-    config.train.update(epochs=2, eval_every=2, checkpoint_every=2, batch_size=16, progress_bar=False)
-    config.mesh.num_devices = 1
-    final = train.train_and_evaluate(config, str(tmp_path / "run"))["members"][0]
-    assert len(final["train_mse_per_dim"]) == 4
-    assert [layer["layer"] for layer in final["layers"]] == [0, 1]
-    assert all(np.isfinite(layer["nrc1_variance"]) for layer in final["layers"])
-
-
-def test_deep_mlp_config_arguments():
-    from configs import deep_mlp
-
-    quick = deep_mlp.get_config("hopper,quick")
-    assert deep_mlp.get_config("hopper").model.widths == (512,) * 8
-    assert quick.data.name == "hopper" and quick.train.epochs == 200 and quick.model.widths == (128,) * 8
-    assert deep_mlp.get_config("").data.name == deep_mlp.get_config("quick").data.name == "swimmer"
-    with pytest.raises(ValueError, match="configs/deep_mlp.py"):
-        deep_mlp.get_config("ant")
