@@ -318,6 +318,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     members = writers.sweep_members(config)
     data = load_dataset(config.data)
     validate.validate_data(config, data)
+    if data.streamed:  # larger than data.max_in_memory_mb: minibatches streamed from the host
+        from nrc_jax import train_streaming  # pylint: disable=import-outside-toplevel (it imports this module)
+        return train_streaming.train_and_evaluate_streamed(config, workdir, data, members)
     mesh = make_mesh(config.mesh.num_devices)
     if config.train.batch_size % mesh.size:
         raise ConfigError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
