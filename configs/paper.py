@@ -20,8 +20,11 @@ changes a few fields of them.
 `,quick` shrinks a run for 2 CPU cores. For the MuJoCo sets it also changes the optimization so the
 collapse shows within minutes instead of CPU-days: batch 64 (instead of 256) and lr 5e-2 (instead
 of 1e-2) give 20x the weight decay per epoch (lr*wd per step, 4x the steps) at the paper's weight
-decay values; Hopper trains on 2,000 of its 10,000 rows; one seed. Image sets: ResNet18 of width
-16 at 16x16 pixels on a few hundred images (CARLA/UTKFace still need data.path).
+decay values; Swimmer and Reacher 400 epochs, Hopper 200 epochs on 2,000 of its 10,000 rows; one
+seed; weight-decay sweeps only {paper value, 0}. The UFM-regularized quick runs use lr 2e-2 (5e-2
+diverges: without the ReLU the features are unbounded), 300 epochs, lambda in {1e-2, 1e-3, 0}.
+Image sets: ResNet18/34 of width 16 at 16x16 pixels on 256 images, 4 epochs (CARLA/UTKFace still
+need data.path; `synthetic_images` is embedded).
 
 Launch (resumes from WORKDIR when rerun):
   python -m nrc_jax.main --config=configs/paper.py:fig2_swimmer --workdir=runs/fig2_swimmer
@@ -31,16 +34,17 @@ Launch (resumes from WORKDIR when rerun):
   python -m nrc_jax.plot runs/fig2_swimmer runs/fig5_wd_swimmer --out figures/
   python -m nrc_jax.reproduce            # all quick runs, figures and tables -> results/quick/
 
-Runtime. Quick (measured on the shared 2-core CPU of this project, single process; compile
-included): see QUICK_RUNTIME below, about 1-3 minutes per MuJoCo quick sweep. Full scale
-(ESTIMATES, not measured: from the measured CPU time per model-epoch of the quick runs, 3 x 256 MLP
-at batch 256 on 1,000 rows about 30 ms per model-epoch on one CPU core): fig2_swimmer 1e6 epochs
-x 3 seeds ~ 25 CPU-hours (the paper reports ~16 h of CPU per run), fig2_reacher 1.5e6 x 3 ~ 40 h,
-fig2_hopper 2e5 x 3 on 10x the rows ~ 50 h, a 5-value weight-decay sweep 5/3 of its fig2 run,
-fig6_ufm_* 1e4 epochs x 15 models ~ 1-15 h; on one GPU the vmapped sweep runs all members at once
-(see results/bench.md). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace
-(25,000, ResNet34) are GPU runs: of the order of a day and of an hour on one modern GPU
-(estimate: ~2.5 GFLOP per ResNet18 forward at 224x224, 3x for a training step).
+Runtime. Quick (measured, `python -m nrc_jax.reproduce` on this project's shared 2-core CPU,
+compile included; per-stage wall and CPU times are in results/quick/summary.md): QUICK_TIMINGS.
+Full scale (ESTIMATES, not measured): from the measured CPU time of the 3 x 256 MLP at batch 256
+on 1,000 rows, ~35 ms per model-epoch on this CPU (81 s of CPU for 1,000 epochs x 2 models,
+compile included): fig2_swimmer 1e6 epochs x 3 seeds ~ 30 CPU-hours (the paper reports ~16 h of
+CPU per run), fig2_reacher 1.5e6 x 3 ~ 45 h, fig2_hopper 2e5 x 3 on 10x the rows ~ 60 h; a
+5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* 1e4 epochs x 15 models ~ 1.5 h
+(Swimmer, Reacher) to 15 h (Hopper). On one GPU the vmapped sweep trains all members at once (see
+results/bench.md). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000,
+ResNet34) need a GPU: of the order of a day and of an hour on one modern GPU (estimate from ~1.8
+GFLOP per ResNet18 forward at 224x224, 3x for a training step).
 """
 from __future__ import annotations
 
@@ -63,12 +67,10 @@ UFM_LAMBDAS = (1e-2, 1e-3, 1e-4, 1e-5, 0.0)
 UFM_EPOCHS = 10_000
 
 # The quick MuJoCo setting (see the module docstring): (epochs, train_size) per data set.
-QUICK_MUJOCO = {"swimmer": (600, 0), "reacher": (600, 0), "hopper": (300, 2000)}
+QUICK_MUJOCO = {"swimmer": (400, 0), "reacher": (400, 0), "hopper": (200, 2000)}
 QUICK_LR, QUICK_BATCH = 5e-2, 64
 QUICK_UFM_LAMBDAS = (1e-2, 1e-3, 0.0)
-QUICK_UFM_LR = 1e-2
-# Measured wall-clock of the quick runs (filled from nrc_jax.reproduce's timing log; see results/).
-QUICK_RUNTIME = "see results/quick/summary.md (stage timings of the last `make run`)"
+QUICK_UFM_LR, QUICK_UFM_EPOCHS = 2e-2, 300
 
 
 def experiment_names() -> tuple[str, ...]:
@@ -104,7 +106,7 @@ def base_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
             epochs, train_size = QUICK_MUJOCO[dataset]
             config.data.train_size = train_size
             config.optim.lr = QUICK_LR
-            config.train.update(epochs=epochs, batch_size=QUICK_BATCH, eval_every=epochs // 30,
+            config.train.update(epochs=epochs, batch_size=QUICK_BATCH, eval_every=epochs // 20,
                                 checkpoint_every=epochs // 5)
             config.sweep.seed = ()
         return config
@@ -113,9 +115,9 @@ def base_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
     config.data.targets = targets
     config.sweep.seed = SEEDS
     if quick:
-        config.data.update(image_size=16, train_size=512, test_size=128)
+        config.data.update(image_size=16, train_size=256, test_size=64)
         config.model.update(width=16, stem="cifar")
-        config.train.update(epochs=10, batch_size=128, eval_every=1, checkpoint_every=5)
+        config.train.update(epochs=4, batch_size=64, eval_every=1, checkpoint_every=2)
         config.sweep.seed = ()
     return config
 
@@ -131,6 +133,8 @@ def ufm_sweep_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
                         seed=tuple(p[1] for p in pairs))
     if quick:
         config.optim.lr = QUICK_UFM_LR  # without the ReLU the features are unbounded: 5e-2 diverges
+        config.train.update(epochs=QUICK_UFM_EPOCHS, eval_every=QUICK_UFM_EPOCHS // 20,
+                            checkpoint_every=QUICK_UFM_EPOCHS // 5)
     else:
         config.train.update(epochs=UFM_EPOCHS, eval_every=UFM_EPOCHS // 1000, checkpoint_every=UFM_EPOCHS // 100)
     return config

@@ -6,7 +6,7 @@
 Stages (configs/paper.py, each `,quick`; one compiled program per stage, sweep members vmapped):
   wd_swimmer, wd_reacher, wd_hopper   the MuJoCo expert sets at the paper's weight decay and at 0
   ufm_net_swimmer                     the UFM-regularized MLP, lambda_H = lambda_W in {1e-2, 1e-3, 0}
-  wd_synthetic_images                 the embedded image set through the ResNet18 path (16x16)
+  synthetic_images                    the embedded image set through the ResNet18 path (16x16)
   ufm_study                           the UFM closed form vs gradient descent (configs/ufm.py:quick)
 then the figures (`nrc_jax.plot.plot_workdirs`, one call so colours agree), Table 1 (`table1.md`)
 and `summary.md` (the key final numbers and the stage timings) in `--out`.
@@ -50,13 +50,14 @@ class Stage:
 
 
 STAGES = (
-    Stage("wd_swimmer", "train", "fig5_wd_swimmer,quick", 90, "Swimmer, weight decay 1e-2 vs 0"),
-    Stage("wd_reacher", "train", "fig5_wd_reacher,quick", 90, "Reacher, weight decay 1.5e-3 vs 0"),
-    Stage("wd_hopper", "train", "fig5_wd_hopper,quick", 120, "Hopper (2,000 rows), weight decay 1e-2 vs 0"),
-    Stage("ufm_net_swimmer", "train", "fig6_ufm_swimmer,quick", 90,
+    Stage("wd_swimmer", "train", "fig5_wd_swimmer,quick", 60, "Swimmer, weight decay 1e-2 vs 0"),
+    Stage("wd_reacher", "train", "fig5_wd_reacher,quick", 60, "Reacher, weight decay 1.5e-3 vs 0"),
+    Stage("wd_hopper", "train", "fig5_wd_hopper,quick", 60, "Hopper (2,000 rows), weight decay 1e-2 vs 0"),
+    Stage("ufm_net_swimmer", "train", "fig6_ufm_swimmer,quick", 70,
           "Swimmer, UFM-regularized MLP, lambda_H = lambda_W in {1e-2, 1e-3, 0}"),
-    Stage("wd_synthetic_images", "train", "fig5_wd_synthetic_images,quick", 90,
-          "synthetic images, ResNet18 (width 16, 16x16), weight decay vs 0"),
+    # One model, 4 epochs: a ResNet18 compiles in ~1-2 minutes on 2 busy cores, an epoch ~20 s of CPU.
+    Stage("synthetic_images", "train", "fig2_synthetic_images,quick", 60,
+          "synthetic images, ResNet18 (width 16, 16x16), weight decay 5e-4"),
     Stage("ufm_study", "ufm_study", "quick", 40, "UFM closed form vs gradient descent"),
 )
 
@@ -109,26 +110,37 @@ def prepare_workdir(workdir: pathlib.Path, fingerprint: str, fresh: bool) -> str
         return "reuse"
     saved = workdir / "config.json"
     if saved.exists():
-        if json.dumps(json.loads(saved.read_text()), sort_keys=True) == fingerprint:
+        written = json.loads(saved.read_text())
+        written.get("train", {})["progress_bar"] = False  # shown or not, the same run
+        if json.dumps(written, sort_keys=True) == fingerprint:
             return "resume"
         shutil.rmtree(workdir)  # another config trained here: its checkpoints cannot be resumed
     return "new"
 
 
-def run_train_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def run_train_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool) -> None:
     from nrc_jax import train
 
+    if progress:
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.train.progress_bar = True  # tqdm on stderr: epochs done, rate, time left
     train.train_and_evaluate(config, str(workdir))
 
 
-def run_ufm_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> None:
+def run_ufm_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool) -> None:
     from nrc_jax import ufm_study
 
     config.out_dir = str(workdir)
     ufm_study.run_study(config)
 
 
+def print_flushed(message: str) -> None:
+    print(message, flush=True)
+
+
 def format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "–"
     seconds = max(0, int(round(seconds)))
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
@@ -142,7 +154,7 @@ class Timing:
 
 
 def run_stages(stages: Sequence[Stage], workdirs: pathlib.Path, *, fresh: bool, epochs_scale: float,
-               num_devices: int, log: Callable[[str], None] = print) -> list[Timing]:
+               num_devices: int, progress: bool = False, log: Callable[[str], None] = print_flushed) -> list[Timing]:
     """Runs (or reuses) each stage in order, printing the stage, elapsed time and an ETA."""
     timings: list[Timing] = []
     start = time.perf_counter()
@@ -158,11 +170,16 @@ def run_stages(stages: Sequence[Stage], workdirs: pathlib.Path, *, fresh: bool, 
         log(f"[{i + 1}/{len(stages)}] {stage.name}: {stage.what} ({status}; elapsed "
             f"{format_duration(elapsed)}, ETA {format_duration(remaining * pace)})")
         t0, c0 = time.perf_counter(), time.process_time()
-        if status != "reuse":
+        if status == "reuse":  # the times it took when it ran
+            done = json.loads((workdir / DONE_FILE).read_text())
+            timings.append(Timing(stage.name, "reused", done.get("wall_s", math.nan), done.get("cpu_s", math.nan)))
+        else:
             workdir.mkdir(parents=True, exist_ok=True)
-            (run_train_stage if stage.kind == "train" else run_ufm_stage)(config, workdir)
-            (workdir / DONE_FILE).write_text(json.dumps({"config": fingerprint}))
-        timings.append(Timing(stage.name, status, time.perf_counter() - t0, time.process_time() - c0))
+            (run_train_stage if stage.kind == "train" else run_ufm_stage)(config, workdir, progress)
+            timings.append(Timing(stage.name, status, time.perf_counter() - t0, time.process_time() - c0))
+            (workdir / DONE_FILE).write_text(json.dumps({
+                "config": fingerprint, "wall_s": timings[-1].wall_s, "cpu_s": timings[-1].cpu_s,
+                "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
         expected_done += stage.expected_s * epochs_scale_factor(epochs_scale)
         log(f"      done in {format_duration(timings[-1].wall_s)} wall, "
             f"{format_duration(timings[-1].cpu_s)} CPU")
@@ -229,14 +246,15 @@ def training_rows(workdir: pathlib.Path) -> list[dict]:
 
 def training_table(rows: list[dict]) -> list[str]:
     header = ("| data set | setting | epochs | train MSE | test MSE | test R² | NRC1 (start → end) "
-              "| NRC2 (start → end) | NRC3 at best γ | best γ/λmin | EVR top-n (start → end) |")
+              "| NRC2 (start → end) | NRC1 / NRC2 centered (end) | NRC3 at best γ | best γ/λmin "
+              "| EVR top-n (start → end) |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         f, s = r["final"], r["first"]
         lines.append(
             f"| {r['dataset']} | {r['label']} | {r['epochs']} | {_fmt(f['train_mse'])} | {_fmt(f['test_mse'])} "
             f"| {_fmt(f['test_r2'])} | {_fmt(s['nrc1'])} → {_fmt(f['nrc1'])} | {_fmt(s['nrc2'])} → {_fmt(f['nrc2'])} "
-            f"| {_fmt(r['best_nrc3'])} | {_fmt(r['gamma_ratio'])} | {_fmt(r['first_evr_top_n'])} → "
+            f"| {_fmt(f.get('nrc1_centered'))} / {_fmt(f.get('nrc2_centered'))} | {_fmt(r['best_nrc3'])} | {_fmt(r['gamma_ratio'])} | {_fmt(r['first_evr_top_n'])} → "
             f"{_fmt(r['evr_top_n'])} |")
     return lines
 
@@ -266,7 +284,10 @@ def summary_markdown(stages: Sequence[Stage], workdirs: pathlib.Path, timings: S
              "from those runs' metrics.jsonl / summary.json (NRC metrics on the train split, paper "
              "definitions; NRC3 at the γ that minimizes it at the final weights, searched on "
              "linspace(0, λmin, 1000), or γ = λH·λW for UFM-regularized runs). \"start\" is the "
-             "evaluation at initialization.", "",
+             "evaluation at initialization. \"centered\" is the spec's variant with ht from h - mean(h): "
+             "the paper's NRC1/NRC2 normalize uncentered features, so the mean feature direction "
+             "(large for ReLU features) keeps them high until it, too, falls into the n-dimensional "
+             "subspace, which takes far longer than these quick runs.", "",
              "## Training runs (Figures 2-6)", ""]
     rows = []
     for stage in stages:
@@ -277,7 +298,7 @@ def summary_markdown(stages: Sequence[Stage], workdirs: pathlib.Path, timings: S
     if ufm:
         lines += ["", "## UFM study (closed form vs gradient descent; figures in ufm/)", ""]
         lines += ufm_study_lines(workdirs / ufm[0].name / "summary.json")
-    lines += ["", "## Stage timings (this run; `reused` = finished earlier, not rerun)", "",
+    lines += ["", "## Stage timings (`reused`: finished by an earlier run, with the times it took then)", "",
               "| stage | status | wall | CPU (process) |", "|---|---|---|---|"]
     lines += [f"| {t.stage} | {t.status} | {format_duration(t.wall_s)} | {format_duration(t.cpu_s)} |"
               for t in timings]
@@ -287,7 +308,7 @@ def summary_markdown(stages: Sequence[Stage], workdirs: pathlib.Path, timings: S
 # --------------------------------------------------------------------- the job
 def reproduce(out: str | pathlib.Path = "results/quick", workdirs: str | pathlib.Path = "workdirs/quick", *,
               fresh: bool = False, only: Sequence[str] = (), epochs_scale: float = 1.0,
-              num_devices: int = -1, log: Callable[[str], None] = print) -> dict:
+              num_devices: int = -1, progress: bool = False, log: Callable[[str], None] = print_flushed) -> dict:
     """Runs the stages, then writes figures, table1.md, summary.md (and ufm/) into `out`.
 
     Returns {"timings": [...], "written": [paths], "wall_s", "cpu_s"}.
@@ -300,7 +321,7 @@ def reproduce(out: str | pathlib.Path = "results/quick", workdirs: str | pathlib
     out, workdirs = pathlib.Path(out), pathlib.Path(workdirs)
     t0, c0 = time.perf_counter(), time.process_time()
     timings = run_stages(stages, workdirs, fresh=fresh, epochs_scale=epochs_scale, num_devices=num_devices,
-                         log=log)
+                         progress=progress, log=log)
     log("figures and tables ...")
     from nrc_jax.plot import plot_workdirs
 
@@ -339,9 +360,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    from absl import logging
+
+    logging.set_verbosity(logging.ERROR)  # TFDS announces every expert data configuration at WARNING
     try:
         reproduce(args.out, args.workdirs, fresh=args.fresh, only=args.only, epochs_scale=args.epochs_scale,
-                  num_devices=args.num_devices)
+                  num_devices=args.num_devices, progress=sys.stderr.isatty())
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
