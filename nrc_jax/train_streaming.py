@@ -164,6 +164,17 @@ class StreamingSteps:
         return jax.vmap(member)(state, stats, centered, test_stats)
 
 
+_STEPS: dict = {}
+
+
+def streaming_steps(trainer: train.Trainer) -> StreamingSteps:
+    """The `StreamingSteps` of a (cached, see `train.get_trainer`) Trainer: a resumed run in the same
+    process reuses the compiled steps."""
+    if id(trainer) not in _STEPS or _STEPS[id(trainer)].trainer is not trainer:
+        _STEPS[id(trainer)] = StreamingSteps(trainer)
+    return _STEPS[id(trainer)]
+
+
 class Streamer:
     """Feeds (x, y, mask) global batches of a split to the devices, in a given row order."""
 
@@ -200,7 +211,7 @@ class StreamedRun:
 
     def __init__(self, config: ml_collections.ConfigDict, data: RegressionData, trainer: train.Trainer):
         self.config, self.data = config, data
-        self.steps = StreamingSteps(trainer)
+        self.steps = streaming_steps(trainer)
         self.streamer = Streamer(config, trainer, data.name)
         granule = trainer.mesh.size * jax.process_count()  # rows divide over devices and processes
         self.batch_size = config.train.batch_size
@@ -321,5 +332,5 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
     return {"members": rows, "summary": summary}
 
 
-__all__ = ["train_and_evaluate_streamed", "StreamedRun", "StreamingSteps", "Streamer", "RowView",
+__all__ = ["train_and_evaluate_streamed", "StreamedRun", "StreamingSteps", "streaming_steps", "Streamer", "RowView",
            "padded_order", "streamed_fingerprint", "streamed_run_meta"]
