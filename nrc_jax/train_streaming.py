@@ -108,6 +108,7 @@ class StreamingSteps:
         self.centered_step = jax.jit(self._centered_step)
         self.centered_from_features = jax.jit(self._centered_from_features)
         self.finish = jax.jit(self._finish)
+        self.merge = jax.jit(metrics.merge)
         self.next_epoch = jax.jit(lambda s: s.replace(epoch=s.epoch + 1), donate_argnums=0)
 
     def _train_step(self, state: train.TrainState, x: jax.Array, y: jax.Array, mask: jax.Array) -> train.TrainState:
@@ -237,7 +238,7 @@ class StreamedRun:
         total, kept = None, []
         for xb, yb, mb in self.streamer.batches(x, y, rows, mask, self.eval_batch):
             stats, h = self.steps.stats_step(state, xb, yb, mb)
-            total = stats if total is None else metrics.merge(total, stats)
+            total = stats if total is None else self.steps.merge(total, stats)
             if keep_features:
                 kept.append((h, mb))
         return total, kept
@@ -252,7 +253,7 @@ class StreamedRun:
                      self.streamer.batches(self.data.x_train, self.data.y_train, rows, mask, self.eval_batch)]
         total = parts[0]
         for part in parts[1:]:
-            total = metrics.merge(total, part)
+            total = self.steps.merge(total, part)
         return total
 
     def evaluate(self, state: train.TrainState) -> tuple[train.TrainState, dict]:
