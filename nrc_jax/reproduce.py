@@ -272,7 +272,7 @@ def ufm_study_lines(summary_path: pathlib.Path) -> list[str]:
         f" (λH = λW = sqrt(c)); gradient descent converged at {converged}/{len(sweep)}.",
         f"- largest |loss_GD - loss*| / loss*: {loss_gap:.2e}; largest ||W W^T - W* W*^T||_F (relative): {wwt_gap:.2e}.",
         f"- λH = λW > 0: largest NRC1 or NRC2 of the GD solution: {nrc_pos:.2e} (collapse).",
-        f"- λH = λW = 0: after {zero['iteration'][-1]} GD iterations, loss {zero['loss'][-1]:.2e}, "
+        f"- λH = λW = 0: after {int(zero['iteration'][-1])} GD iterations, loss {zero['loss'][-1]:.2e}, "
         f"NRC1 {zero['nrc1'][-1]:.3f}, NRC2 {zero['nrc2'][-1]:.3f} (no collapse).",
     ]
 
