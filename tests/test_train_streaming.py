@@ -116,3 +116,17 @@ def test_row_view_reads_rows_of_the_source_in_order():
     view = train_streaming.RowView(source, np.array([9, 0, 0, 4]))
     assert view.shape == (4, 3) and len(view) == 4
     np.testing.assert_array_equal(view[np.array([3, 0])], source[[4, 9]])
+
+
+def test_centered_pass_rereads_the_train_set_when_features_are_not_kept(monkeypatch):
+    config = streamed_config()
+    data = load_dataset(config.data)
+    trainer = train.get_trainer(config, train.make_mesh(config.mesh.num_devices), data.input_shape,
+                                data.target_dim)
+    run = train_streaming.StreamedRun(config, data, trainer)
+    state = trainer.create_state(writers.sweep_members(config))
+    _, cached = run.evaluate(state)
+    monkeypatch.setattr(train_streaming, "CACHED_FEATURES_MB", -1.0)
+    _, reread = run.evaluate(state)
+    for key in ("nrc1_centered", "nrc2_centered", "nrc1", "train_mse"):
+        np.testing.assert_allclose(np.asarray(reread[key]), np.asarray(cached[key]), rtol=1e-6, err_msg=key)
