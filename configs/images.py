@@ -6,9 +6,9 @@ normalization, loss 0.5*MSE + 0.5*wd*sum ||theta||^2. BatchNorm running statisti
 the train state (`model_state`) and are used at evaluation. `synthetic_images` (embedded, no
 download) runs the same pipeline at 32x32 with a CIFAR-style stem.
 
-The data set is held on the accelerator whole (like the tabular sets): at 224x224 float32 that is
-~0.6 MB per image, so set data.train_size / data.image_size to fit the device memory; streaming
-from the host (data.max_in_memory_mb exceeded) is not supported by the trainer yet.
+Sets up to data.max_in_memory_mb (as float32) are held on the accelerator whole, like the tabular
+sets (224x224 float32 is ~0.6 MB per image); larger ones (full CARLA, UTKFace) are streamed from the
+host in prefetched batches by nrc_jax/train_streaming.py (docs/streaming.md).
 
 Launch:
   python -m nrc_jax.main --config=configs/images.py:synthetic_images --workdir=runs/synth
