@@ -181,7 +181,7 @@ def run_stages(stages: Sequence[Stage], workdirs: pathlib.Path, *, fresh: bool, 
                 "config": fingerprint, "wall_s": timings[-1].wall_s, "cpu_s": timings[-1].cpu_s,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
         expected_done += stage.expected_s * epochs_scale_factor(epochs_scale)
-        log(f"      done in {format_duration(timings[-1].wall_s)} wall, "
+        log(f"      {'took' if status != 'reuse' else 'had taken'} {format_duration(timings[-1].wall_s)} wall, "
             f"{format_duration(timings[-1].cpu_s)} CPU")
     return timings
 
@@ -335,7 +335,9 @@ def reproduce(out: str | pathlib.Path = "results/quick", workdirs: str | pathlib
             if target.exists():
                 shutil.rmtree(target)
             shutil.copytree(workdirs / stage.name, target, ignore=shutil.ignore_patterns(DONE_FILE))
-    timings.append(Timing("total", "", time.perf_counter() - t0, time.process_time() - c0))
+    stage_sums = (sum(t.wall_s for t in timings), sum(t.cpu_s for t in timings))
+    timings.append(Timing("sum of the stages", "", *stage_sums))
+    timings.append(Timing("total", "this invocation", time.perf_counter() - t0, time.process_time() - c0))
     command = "python -m nrc_jax.reproduce" + (f" --only {' '.join(only)}" if only else "") + \
         (f" --epochs-scale {epochs_scale:g}" if epochs_scale != 1.0 else "")
     (out / "summary.md").write_text(summary_markdown(stages, workdirs, timings, out, command))
