@@ -34,8 +34,12 @@ Launch (resumes from WORKDIR when rerun):
   python -m nrc_jax.plot runs/fig2_swimmer runs/fig5_wd_swimmer --out figures/
   python -m nrc_jax.reproduce            # all quick runs, figures and tables -> results/quick/
 
-Runtime. Quick (measured, `python -m nrc_jax.reproduce` on this project's shared 2-core CPU,
-compile included; per-stage wall and CPU times are in results/quick/summary.md): QUICK_TIMINGS.
+Runtime. Quick (measured by `python -m nrc_jax.reproduce` on this project's shared 2-core CPU at
+load 9-15, compile included, wall / process CPU; results/quick/summary.md): fig5_wd_swimmer,quick
+2m12s / 56 s, fig5_wd_reacher,quick 1m48s / 48 s, fig5_wd_hopper,quick 1m35s / 44 s,
+fig6_ufm_swimmer,quick 1m58s / 64 s, fig2_synthetic_images,quick 3m22s / 94 s (about half of it
+compiling the ResNet18). Not measured: the other quick variants cost about the same per model
+(fig2_*,quick of a MuJoCo set ~ half its fig5 sweep; CARLA/UTKFace quick need their data).
 Full scale (ESTIMATES, not measured): from the measured CPU time of the 3 x 256 MLP at batch 256
 on 1,000 rows, ~35 ms per model-epoch on this CPU (81 s of CPU for 1,000 epochs x 2 models,
 compile included): fig2_swimmer 1e6 epochs x 3 seeds ~ 30 CPU-hours (the paper reports ~16 h of

@@ -55,7 +55,7 @@ STAGES = (
     Stage("wd_hopper", "train", "fig5_wd_hopper,quick", 60, "Hopper (2,000 rows), weight decay 1e-2 vs 0"),
     Stage("ufm_net_swimmer", "train", "fig6_ufm_swimmer,quick", 70,
           "Swimmer, UFM-regularized MLP, lambda_H = lambda_W in {1e-2, 1e-3, 0}"),
-    # One model, 4 epochs: a ResNet18 compiles in ~1-2 minutes on 2 busy cores, an epoch ~20 s of CPU.
+    # One model, 4 epochs: compiling the ResNet18 is about half of this stage on 2 busy cores.
     Stage("synthetic_images", "train", "fig2_synthetic_images,quick", 60,
           "synthetic images, ResNet18 (width 16, 16x16), weight decay 5e-4"),
     Stage("ufm_study", "ufm_study", "quick", 40, "UFM closed form vs gradient descent"),
