@@ -38,7 +38,8 @@ Runtime. Quick (measured by `python -m nrc_jax.reproduce` on this project's shar
 load 9-15, compile included, wall / process CPU; results/quick/summary.md): fig5_wd_swimmer,quick
 2m12s / 56 s, fig5_wd_reacher,quick 1m48s / 48 s, fig5_wd_hopper,quick 1m35s / 44 s,
 fig6_ufm_swimmer,quick 1m58s / 64 s, fig2_synthetic_images,quick 3m22s / 94 s (about half of it
-compiling the ResNet18). Not measured: the other quick variants cost about the same per model
+compiling the ResNet18). On the quiet machine (load ~0-2) the same stages took 20-25 s wall
+each (ResNet18: 61 s), the whole job 2m48s. Not measured: the other quick variants cost about the same per model
 (fig2_*,quick of a MuJoCo set ~ half its fig5 sweep; CARLA/UTKFace quick need their data).
 Full scale (ESTIMATES, not measured): from the measured CPU time of the 3 x 256 MLP at batch 256
 on 1,000 rows, ~35 ms per model-epoch on this CPU (81 s of CPU for 1,000 epochs x 2 models,
