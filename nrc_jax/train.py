@@ -299,7 +299,8 @@ def eval_epochs(start: int, config: ml_collections.ConfigDict) -> list[int]:
 DIVERGENCE_KEYS = ("loss", "train_mse", "test_mse", "w_norm", "h_norm_sq")
 
 
-def _check_finite(rows: list[dict], previous_epoch: int, ckpt: checkpoints.Checkpoints) -> None:
+def check_finite(rows: list[dict], previous_epoch: int, ckpt: checkpoints.Checkpoints) -> None:
+    """Raises DivergenceError naming the epochs and the last good checkpoint on a non-finite row."""
     for row in rows:
         bad = [k for k in DIVERGENCE_KEYS if not np.isfinite(row[k])]
         if bad:
@@ -309,6 +310,26 @@ def _check_finite(rows: list[dict], previous_epoch: int, ckpt: checkpoints.Check
                 f"training diverged between epochs {previous_epoch} and {row['epoch']}: non-finite "
                 f"{', '.join(bad[:6])} for sweep member {row['sweep_index']} {row['sweep']}; last good "
                 f"state: {where}; metrics up to epoch {previous_epoch} are in metrics.jsonl")
+
+
+def open_run(config: ml_collections.ConfigDict, workdir: str, members: list[dict], trainer: Trainer,
+             meta: dict) -> tuple[checkpoints.Checkpoints, TrainState, int, writers.RunWriter]:
+    """Opens the workdir's checkpoints and metrics writer and returns (ckpt, state, start_epoch, log).
+
+    Resume precedence: the latest complete checkpoint in workdir/checkpoints (if its config and
+    data fingerprint `meta` match; otherwise ConfigError) > a fresh start from config.seed / sweep seeds.
+    """
+    ckpt = checkpoints.Checkpoints(workdir, meta, max_to_keep=config.train.max_to_keep)
+    state, start = ckpt.restore_latest(trainer.abstract_state(members))
+    if state is None:
+        state, start = trainer.create_state(members), 0
+    log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0)
+    return ckpt, state, start, log
+
+
+def head_weights(state: TrainState) -> np.ndarray:
+    """(K, n, d) head weights W of every sweep member, on the host."""
+    return np.asarray(jax.device_get(jax.vmap(lambda p: models.head_params(p)[0])(state.params)))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -327,14 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                           f"{mesh.size} devices of the mesh")
     trainer = get_trainer(config, mesh, data.input_shape, data.target_dim)
     device_data = put_data(data, mesh, config.train.eval_chunk)
-    meta = checkpoints.run_meta(config, data, members)
-    ckpt = checkpoints.Checkpoints(workdir, meta, max_to_keep=config.train.max_to_keep)
-    # Resume precedence: the latest complete checkpoint in workdir/checkpoints (if its config and
-    # data fingerprint match; otherwise ConfigError) > a fresh start from config.seed / sweep seeds.
-    state, start = ckpt.restore_latest(trainer.abstract_state(members))
-    if state is None:
-        state, start = trainer.create_state(members), 0
-    log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0)
+    ckpt, state, start, log = open_run(config, workdir, members, trainer,
+                                       checkpoints.run_meta(config, data, members))
     lambda_min = float(metrics.target_stats(data.y_train)["lambda_min"])
     t0 = time.time()
     train_chunk = trainer.train_chunk
@@ -347,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_chunk(state: TrainState, num_epochs: int, previous: int) -> tuple[TrainState, list[dict]]:
         state, out = train_chunk(state, device_data, jnp.asarray(num_epochs, jnp.int32))
         rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
-        _check_finite(rows, previous, ckpt)
+        check_finite(rows, previous, ckpt)
         return state, rows
 
     rows = None
@@ -367,8 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {epoch}; checkpoint saved")
         if rows is None:  # resumed a finished run: nothing left to train, only the final metrics
             state, rows = run_chunk(state, 0, start)
-        weights = np.asarray(jax.device_get(jax.vmap(lambda p: models.head_params(p)[0])(state.params)))
-        summary = log.finish(weights, np.asarray(device_data.sigma), lambda_min,
+        summary = log.finish(head_weights(state), np.asarray(device_data.sigma), lambda_min,
                              ufm=config.optim.regularizer == "ufm")
     finally:
         ckpt.close()
@@ -377,4 +391,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 __all__ = ["TrainState", "DeviceData", "Trainer", "get_trainer", "make_mesh", "put_data", "eval_epochs",
+           "open_run", "head_weights", "check_finite",
            "train_and_evaluate", "TRACE_COUNTS", "load_dataset"]

@@ -287,19 +287,15 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
     mesh = train.make_mesh(config.mesh.num_devices)
     trainer = train.get_trainer(config, mesh, data.input_shape, data.target_dim)
     run = StreamedRun(config, data, trainer)
-    ckpt = checkpoints.Checkpoints(workdir, streamed_run_meta(config, data, members),
-                                   max_to_keep=config.train.max_to_keep)
-    state, start = ckpt.restore_latest(trainer.abstract_state(members))
-    if state is None:
-        state, start = trainer.create_state(members), 0
-    log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0)
+    ckpt, state, start, log = train.open_run(config, workdir, members, trainer,
+                                             streamed_run_meta(config, data, members))
     lambda_min = float(metrics.target_stats(data.y_train)["lambda_min"])
     t0 = time.time()
 
     def evaluate(state: train.TrainState, previous: int) -> tuple[train.TrainState, list[dict]]:
         state, out = run.evaluate(state)
         rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
-        train._check_finite(rows, previous, ckpt)  # pylint: disable=protected-access
+        train.check_finite(rows, previous, ckpt)
         return state, rows
 
     rows = None
@@ -324,8 +320,7 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
                     raise KeyboardInterrupt(f"stopped by signal after epoch {done}; checkpoint saved")
         if rows is None:  # resumed a finished run: only the final metrics
             state, rows = evaluate(state, start)
-        weights = np.asarray(jax.device_get(jax.vmap(lambda p: models.head_params(p)[0])(state.params)))
-        summary = log.finish(weights, np.asarray(jax.device_get(run.sigma)), lambda_min,
+        summary = log.finish(train.head_weights(state), np.asarray(jax.device_get(run.sigma)), lambda_min,
                              ufm=config.optim.regularizer == "ufm")
     finally:
         ckpt.close()
