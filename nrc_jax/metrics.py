@@ -27,6 +27,8 @@ Sufficient statistics: `FeatureStats` (built by `feature_stats`, added by `merge
 samples, so metrics of a data set streamed in batches, sharded over devices or split over hosts are
 exact; `metrics_from_stats` turns them into every metric above. The "centered" normalized variant
 needs hbar before normalizing, so it takes a second pass: `centered_feature_stats(features, mean)`.
+Where every row is in memory (the trainer's evaluation), `metrics_from_features` gives the same dict
+with one d x d product instead of three; `regression_metrics` gives MSE and R2 alone.
 Sums are accumulated in the input dtype: in float32 the centered covariance `sum_hh/M - hbar hbar^T`
 loses digits when |hbar| >> the feature spread; use float64 inputs where that matters.
 """
@@ -83,9 +85,11 @@ def _check_finite(name: str, x: ArrayLike, mask: ArrayLike | None = None) -> Non
     if not (_is_concrete(x) and _is_concrete(mask)):
         return
     xp = np if isinstance(x, np.ndarray) and not isinstance(mask, jax.Array) else jnp
-    if mask is not None:
-        x = xp.where(xp.reshape(mask, (-1,) + (1,) * (x.ndim - 1)), x, 0.0)
-    if not bool(xp.isfinite(x).all()):
+    with jax.ensure_compile_time_eval():  # concrete arrays captured inside a jit stay concrete
+        if mask is not None:
+            x = xp.where(xp.reshape(mask, (-1,) + (1,) * (x.ndim - 1)), x, 0.0)
+        finite = bool(xp.isfinite(x).all())
+    if not finite:
         where = "" if mask is None else " in rows the mask keeps"
         raise DataError(f"{name} (shape {tuple(x.shape)}) contains non-finite values{where}")
 
@@ -175,10 +179,46 @@ def _captured(moment: Array, basis: Array, keep: Array | None = None) -> Array:
     return jnp.sum(per_direction)
 
 
-def _residual_fraction(moment: Array, basis: Array, keep: Array | None = None) -> Array:
+class _Gram(NamedTuple):
+    """A second moment held as the (d, d) sum of x x^T over rows (mergeable over batches/hosts)."""
+
+    sum_xx: Array
+
+    def total(self) -> Array:
+        return jnp.trace(self.sum_xx)
+
+    def captured(self, basis: Array, keep: Array | None = None) -> Array:
+        return _captured(self.sum_xx, basis, keep)
+
+
+class _Rows(NamedTuple):
+    """The same moment held as the rows x (M, d) themselves, dropped rows zero.
+
+    Every metric only needs a moment's trace and its projection on n <= 5 directions, which costs
+    M*d*n from the rows instead of the M*d^2 of forming the Gram matrix.
+    """
+
+    rows: Array
+
+    def total(self) -> Array:
+        return jnp.sum(jnp.square(self.rows))
+
+    def captured(self, basis: Array, keep: Array | None = None) -> Array:
+        per_direction = jnp.sum(jnp.square(_dot(self.rows, basis)), axis=0)
+        if keep is not None:
+            per_direction = per_direction * keep
+        return jnp.sum(per_direction)
+
+
+def _residual_share(moment: _Gram | _Rows, basis: Array, keep: Array | None = None) -> Array:
     """1 - tr(P M)/tr(M), clipped at 0 against rounding (it is >= 0 exactly)."""
-    total = jnp.trace(moment)
-    return jnp.maximum(total - _captured(moment, basis, keep), 0.0) / total
+    total = moment.total()
+    return jnp.maximum(total - moment.captured(basis, keep), 0.0) / total
+
+
+def _residual_fraction(moment: Array, basis: Array, keep: Array | None = None) -> Array:
+    """`_residual_share` of a (d, d) moment matrix."""
+    return _residual_share(_Gram(moment), basis, keep)
 
 
 def _residual_mean(moment_sum: Array, count: Array, basis: Array, keep: Array | None = None) -> Array:
@@ -507,6 +547,18 @@ class CenteredStats(NamedTuple):
     sum_hcn_hcn: Array
 
 
+class _Moments(NamedTuple):
+    """The sums every metric needs besides the normalized moments (fields as in FeatureStats)."""
+
+    count: Array
+    sum_h: Array
+    sum_hh: Array
+    sum_y: Array
+    sum_yy: Array
+    sum_res: Array
+    sum_res_sq: Array
+
+
 def merge(a, b):
     """Adds two FeatureStats (or CenteredStats): statistics of the union of their samples."""
     return jax.tree.map(jnp.add, a, b)
@@ -533,23 +585,28 @@ def _masked(x: Array, mask: Array | None) -> Array:
     return x if mask is None else jnp.where(mask[:, None], x, 0.0)
 
 
+def _target_moments(y: Array, p: Array, mask: Array | None) -> _Moments:
+    """The target and residual sums of the rows `mask` keeps (sum_h, sum_hh left None)."""
+    y, p = _masked(y, mask), _masked(p, mask)
+    count = jnp.asarray(y.shape[0], y.dtype) if mask is None else jnp.sum(mask).astype(y.dtype)
+    res = p - y
+    return _Moments(count=count, sum_h=None, sum_hh=None, sum_y=jnp.sum(y, axis=0), sum_yy=_dot(y.T, y),
+                    sum_res=jnp.sum(res, axis=0), sum_res_sq=jnp.sum(res**2, axis=0))
+
+
+def _first_moments(h: Array, y: Array, p: Array, mask: Array | None) -> tuple[_Moments, Array]:
+    """The `_Moments` of the rows `mask` keeps, and h with the dropped rows zeroed."""
+    h = _masked(h, mask)
+    return _target_moments(y, p, mask)._replace(sum_h=jnp.sum(h, axis=0), sum_hh=_dot(h.T, h)), h
+
+
 @jax.jit
 def _feature_stats_impl(h: Array, y: Array, p: Array, mask: Array | None) -> FeatureStats:
-    h, y, p = _masked(h, mask), _masked(y, mask), _masked(p, mask)
-    count = jnp.asarray(h.shape[0], h.dtype) if mask is None else jnp.sum(mask).astype(h.dtype)
+    m, h = _first_moments(h, y, p, mask)
     hn = _normalize_rows(h)
-    res = p - y
-    return FeatureStats(
-        count=count,
-        sum_h=jnp.sum(h, axis=0),
-        sum_hh=_dot(h.T, h),
-        sum_hn_hn=_dot(hn.T, hn),
-        sum_y=jnp.sum(y, axis=0),
-        sum_yy=_dot(y.T, y),
-        sum_hy=_dot(h.T, y),
-        sum_res=jnp.sum(res, axis=0),
-        sum_res_sq=jnp.sum(res**2, axis=0),
-    )
+    return FeatureStats(count=m.count, sum_h=m.sum_h, sum_hh=m.sum_hh, sum_hn_hn=_dot(hn.T, hn),
+                        sum_y=m.sum_y, sum_yy=m.sum_yy, sum_hy=_dot(h.T, _masked(y, mask)),
+                        sum_res=m.sum_res, sum_res_sq=m.sum_res_sq)
 
 
 def feature_stats(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
@@ -607,6 +664,34 @@ def _stats_covariance(total: Array, first: Array, count: Array) -> Array:
     return _symmetrize(total - jnp.outer(first, first) / count) / count
 
 
+def _moments_of(stats: FeatureStats) -> _Moments:
+    return _Moments(*(getattr(stats, f) for f in _Moments._fields))
+
+
+def _metric_options(d: int, n: int, weights: ArrayLike, dtype: Any, sigma: ArrayLike | None,
+                    gamma: ArrayLike | None, evr_k: int, pca_init: ArrayLike | None, pca_iters: int,
+                    gamma_num: int) -> tuple:
+    """Validated (w, sigma, gamma, pca_init, k, pca_iters, gamma_num) of the metrics_from_* calls."""
+    w = _check_weights(weights, d)
+    if w.shape[0] != n:
+        raise DataError(f"weights shape {tuple(w.shape)} does not match the {n} targets")
+    k = min(_check_count("evr_k", evr_k, 1, 10**6, "number of EVR components"), d)
+    width = max(n, k)
+    if sigma is not None:
+        sigma = _check_sigma(sigma, n).astype(dtype)
+    if gamma is not None:
+        gamma = jnp.asarray(_check_gamma(gamma), dtype)
+    if pca_init is not None:
+        pca_init = _array_arg("pca_init", pca_init, 2)
+        if pca_init.shape != (d, width):
+            raise DataError(f"pca_init shape {tuple(pca_init.shape)} must be (d, max(n, evr_k)) = "
+                            f"({d}, {width})")
+        pca_init = pca_init.astype(dtype)
+    gamma_num = _check_count("gamma_num", gamma_num, 1, 10**7, "grid size")
+    pca_iters = _check_count("pca_iters", pca_iters, 0, 10**6, "QR iterations")
+    return w.astype(dtype), sigma, gamma, pca_init, k, pca_iters, gamma_num
+
+
 def metrics_from_stats(stats: FeatureStats, weights: ArrayLike, *, sigma: ArrayLike | None = None,
                        gamma: ArrayLike | None = None, evr_k: int = 5,
                        centered: CenteredStats | None = None, pca_init: ArrayLike | None = None,
@@ -616,11 +701,11 @@ def metrics_from_stats(stats: FeatureStats, weights: ArrayLike, *, sigma: ArrayL
     Args:
       stats: FeatureStats of the whole set (d features, n targets).
       weights: W (n, d).
-      sigma: target covariance (n, n) for NRC3; default: the one of the targets in `stats`.
+      centered: CenteredStats of the same set; adds nrc1_centered and nrc2_centered.
+      sigma: target covariance (n, n) for NRC3; default: the one of the targets.
       gamma: NRC3's gamma (e.g. lambda_H * lambda_W, or the best gamma at the final weights);
         default: the best on the grid linspace(0, lambda_min, gamma_num, endpoint=False).
       evr_k: number of explained-variance ratios (clipped to d).
-      centered: CenteredStats of the same set; adds nrc1_centered and nrc2_centered.
       pca_init: (d, max(n, min(evr_k, d))) basis, e.g. `pca_basis_init(...)` or the previous call's
         `pca_basis`: the principal directions then come from `pca_iters` warm-started subspace
         iterations (`top_eigenvectors`) instead of a full eigh, and the dict gets `pca_basis`.
@@ -635,32 +720,97 @@ def metrics_from_stats(stats: FeatureStats, weights: ArrayLike, *, sigma: ArrayL
         raise DataError(f"centered must be a CenteredStats (from centered_feature_stats), "
                         f"got {type(centered).__name__}")
     d, n = stats.sum_hy.shape
-    w = _check_weights(weights, d)
-    if w.shape[0] != n:
-        raise DataError(f"weights shape {tuple(w.shape)} does not match the {n} targets in stats")
-    k = min(_check_count("evr_k", evr_k, 1, 10**6, "number of EVR components"), d)
-    width = max(n, k)
-    dtype = stats.sum_hh.dtype
-    if sigma is not None:
-        sigma = _check_sigma(sigma, n).astype(dtype)
-    if gamma is not None:
-        gamma = jnp.asarray(_check_gamma(gamma), dtype)
-    if pca_init is not None:
-        pca_init = _array_arg("pca_init", pca_init, 2)
-        if pca_init.shape != (d, width):
-            raise DataError(f"pca_init shape {tuple(pca_init.shape)} must be (d, max(n, evr_k)) = "
-                            f"({d}, {width})")
-        pca_init = pca_init.astype(dtype)
-    gamma_num = _check_count("gamma_num", gamma_num, 1, 10**7, "grid size")
-    pca_iters = _check_count("pca_iters", pca_iters, 0, 10**6, "QR iterations")
-    return _metrics_from_stats_impl(stats, w.astype(dtype), sigma, gamma, centered, pca_init,
-                                    n, k, pca_iters, gamma_num)
+    options = _metric_options(d, n, weights, stats.sum_hh.dtype, sigma, gamma, evr_k, pca_init, pca_iters,
+                              gamma_num)
+    return _metrics_from_stats_impl(stats, centered, *options, n)
 
 
 @functools.partial(jax.jit, static_argnums=(6, 7, 8, 9))
-def _metrics_from_stats_impl(stats, w, sigma, gamma, centered, pca_init, n, k, pca_iters, gamma_num):
-    count = stats.count
-    cov = _stats_covariance(stats.sum_hh, stats.sum_h, count)
+def _metrics_from_stats_impl(stats, centered, w, sigma, gamma, pca_init, k, pca_iters, gamma_num, n):
+    centered = None if centered is None else _Gram(centered.sum_hcn_hcn)
+    return _metrics_impl(_moments_of(stats), _Gram(stats.sum_hn_hn), centered, w, sigma, gamma, pca_init,
+                         n, k, pca_iters, gamma_num)
+
+
+def metrics_from_features(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
+                          weights: ArrayLike, *, mask: ArrayLike | None = None, centered: bool = True,
+                          sigma: ArrayLike | None = None, gamma: ArrayLike | None = None, evr_k: int = 5,
+                          pca_init: ArrayLike | None = None, pca_iters: int = 10,
+                          gamma_num: int = 1000) -> dict[str, Array]:
+    """`metrics_from_stats` of a whole set held in memory, with one d x d product instead of three.
+
+    Same values as `metrics_from_stats(feature_stats(...), centered=centered_feature_stats(...))`
+    (to float rounding): the row-normalized and centered moments enter the metrics only through
+    their trace and their projection on the n NRC directions, so they are taken from the rows
+    (M*d*n) rather than as Gram matrices (M*d^2 each). The covariance of raw H, whose principal
+    directions NRC1 needs, is the one d x d product left. Use this where every row is on the
+    devices (the trainer's evaluation); use FeatureStats to stream batches or merge over hosts.
+    Jittable; with rows sharded over devices XLA inserts the cross-device sums.
+
+    Args:
+      features: H (M, d); targets: Y (M, n) or (M,); predictions (M, n) or (M,); weights: W (n, d).
+      mask: optional (M,) bool/0-1: rows with False are ignored (padding), whatever they hold.
+      centered: also compute nrc1_centered and nrc2_centered.
+      sigma, gamma, evr_k, pca_init, pca_iters, gamma_num: as in `metrics_from_stats`.
+
+    Returns the dict of `metrics_from_stats`.
+    """
+    h = _features_arg(features, check_finite=False)
+    y, p = _check_targets_predictions(targets, predictions, check_finite=False)
+    if y.shape[0] != h.shape[0]:
+        raise DataError(f"features shape {tuple(h.shape)} and targets shape {tuple(y.shape)} "
+                        "have different numbers of rows")
+    mask = _mask_arg(mask, h.shape[0])
+    for name, x in (("features", h), ("targets", y), ("predictions", p)):
+        _check_finite(name, x, mask)
+    options = _metric_options(h.shape[1], y.shape[1], weights, h.dtype, sigma, gamma, evr_k, pca_init,
+                              pca_iters, gamma_num)
+    return _metrics_from_features_impl(h, y.astype(h.dtype), p.astype(h.dtype), mask, *options,
+                                       y.shape[1], bool(centered))
+
+
+@functools.partial(jax.jit, static_argnums=(8, 9, 10, 11, 12))
+def _metrics_from_features_impl(h, y, p, mask, w, sigma, gamma, pca_init, k, pca_iters, gamma_num, n,
+                                with_centered):
+    moments, h = _first_moments(h, y, p, mask)
+    normalized = _Rows(_normalize_rows(h))  # dropped rows are zero and stay zero
+    centered = None
+    if with_centered:
+        centered = _Rows(_masked(_normalize_rows(h - (moments.sum_h / moments.count)[None, :]), mask))
+    return _metrics_impl(moments, normalized, centered, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num)
+
+
+def _regression_metrics(m: _Moments) -> dict[str, Array]:
+    out = {"mse_per_dim": m.sum_res_sq / m.count}
+    out["mse"] = jnp.sum(out["mse_per_dim"])
+    sst = jnp.diag(m.sum_yy) - m.sum_y**2 / m.count
+    out["r2_per_dim"] = 1.0 - m.sum_res_sq / sst
+    out["r2"] = jnp.mean(out["r2_per_dim"])
+    return out
+
+
+def regression_metrics(targets: ArrayLike, predictions: ArrayLike, mask: ArrayLike | None = None
+                       ) -> dict[str, Array]:
+    """mse, mse_per_dim (n,), r2, r2_per_dim (n,) of the rows `mask` keeps (all by default). Jittable.
+
+    targets, predictions: (M, n) or (M,); mask: optional (M,) bool/0-1.
+    """
+    y, p = _check_targets_predictions(targets, predictions, check_finite=False)
+    mask = _mask_arg(mask, y.shape[0])
+    for name, x in (("targets", y), ("predictions", p)):
+        _check_finite(name, x, mask)
+    return _regression_metrics_impl(y, p.astype(y.dtype), mask)
+
+
+@jax.jit
+def _regression_metrics_impl(y: Array, p: Array, mask: Array | None) -> dict[str, Array]:
+    return _regression_metrics(_target_moments(y, p, mask))
+
+
+def _metrics_impl(m: _Moments, normalized: _Gram | _Rows, centered: _Gram | _Rows | None, w, sigma, gamma,
+                  pca_init, n, k, pca_iters, gamma_num):
+    count = m.count
+    cov = _stats_covariance(m.sum_hh, m.sum_h, count)
     if pca_init is None:
         pca_values, pca_vectors = _top_eigh(cov, max(n, k))
     else:
@@ -668,24 +818,19 @@ def _metrics_from_stats_impl(stats, w, sigma, gamma, centered, pca_init, n, k, p
     pca = pca_vectors[:, :n]
     row_space, keep = _row_space_basis(w)
 
-    out = {}
-    out["mse_per_dim"] = stats.sum_res_sq / count
-    out["mse"] = jnp.sum(out["mse_per_dim"])
-    sst = jnp.diag(stats.sum_yy) - stats.sum_y**2 / count
-    out["r2_per_dim"] = 1.0 - stats.sum_res_sq / sst
-    out["r2"] = jnp.mean(out["r2_per_dim"])
+    out = _regression_metrics(m)
     for name, basis, kept in (("nrc1", pca, None), ("nrc2", row_space, keep)):
-        out[name] = _residual_fraction(stats.sum_hn_hn, basis, kept)
+        out[name] = _residual_share(normalized, basis, kept)
         out[f"{name}_variance"] = _residual_fraction(cov, basis, kept)
-        out[f"{name}_unnormalized"] = _residual_mean(stats.sum_hh, count, basis, kept)
+        out[f"{name}_unnormalized"] = _residual_mean(m.sum_hh, count, basis, kept)
         if centered is not None:
-            out[f"{name}_centered"] = _residual_fraction(centered.sum_hcn_hcn, basis, kept)
+            out[f"{name}_centered"] = _residual_share(centered, basis, kept)
     out["evr"] = pca_values[:k] / jnp.trace(cov)
     out["wwt"] = _dot(w, w.T)
     out["w_norm"] = jnp.linalg.norm(w)
-    out["h_norm_sq"] = jnp.trace(stats.sum_hh) / count
+    out["h_norm_sq"] = jnp.trace(m.sum_hh) / count
     if sigma is None:
-        sigma = _stats_covariance(stats.sum_yy, stats.sum_y, count)
+        sigma = _stats_covariance(m.sum_yy, m.sum_y, count)
     if gamma is None:
         out["nrc3_gamma"], out["nrc3"] = _best_gamma_impl(w, sigma, gamma_num, False)
     else:

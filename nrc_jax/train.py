@@ -231,22 +231,19 @@ class Trainer:
         w, _ = models.head_params(state.params)
         hp = state.hparams
         pred, h, hidden = self._features(state.params, state.model_state, data.x_train, data.eval_chunk)
-        stats = metrics.feature_stats(h, data.y_train, pred, data.mask_train)
-        centered = metrics.centered_feature_stats(h, metrics.feature_mean(stats), data.mask_train)
         gamma = hp.lambda_h * hp.lambda_w if c.optim.regularizer == "ufm" else None
         pca_init = state.pca_basis if c.metrics.pca_iters else None
-        out = metrics.metrics_from_stats(stats, w, sigma=data.sigma, gamma=gamma, evr_k=c.metrics.evr_k,
-                                         centered=centered, pca_init=pca_init,
-                                         pca_iters=max(c.metrics.pca_iters, 1))
+        out = metrics.metrics_from_features(h, data.y_train, pred, w, mask=data.mask_train, sigma=data.sigma,
+                                            gamma=gamma, evr_k=c.metrics.evr_k, pca_init=pca_init,
+                                            pca_iters=max(c.metrics.pca_iters, 1))
         out = {("train_" + k if k in ("mse", "mse_per_dim", "r2", "r2_per_dim") else k): v for k, v in out.items()}
         if c.metrics.per_layer:
             out["layers"] = deep.per_layer_metrics(hidden, data.y_train, pred,
                                                    deep.layer_weights(state.params, c.model), data.mask_train)
         out["loss"] = 0.5 * out["train_mse"] + optim.regularization(state.params, w, out["h_norm_sq"], hp, c.optim)
-        pred, h, _ = self._features(state.params, state.model_state, data.x_test, data.test_chunk)
-        test = metrics.metrics_from_stats(metrics.feature_stats(h, data.y_test, pred, data.mask_test), w,
-                                          sigma=data.sigma, gamma=jnp.zeros((), h.dtype), evr_k=1)
-        out.update({f"test_{k}": test[k] for k in ("mse", "mse_per_dim", "r2", "r2_per_dim")})
+        pred, _, _ = self._features(state.params, state.model_state, data.x_test, data.test_chunk)
+        test = metrics.regression_metrics(data.y_test, pred, data.mask_test)
+        out.update({f"test_{k}": v for k, v in test.items()})
         out["epoch"] = state.epoch
         return out
 
@@ -256,6 +253,9 @@ class Trainer:
 
     def _evaluate(self, state: TrainState, data: DeviceData) -> dict[str, jax.Array]:
         """Metrics of every member over the whole train and test sets: dict of (K, ...) arrays."""
+        if state.epoch.shape[0] == 1:  # vmap over one member costs ~15% of a Hopper-size evaluation
+            out = self._member_metrics(jax.tree.map(lambda a: a[0], state), data)
+            return jax.tree.map(lambda a: a[None], out)
         return jax.vmap(self._member_metrics, in_axes=(0, None))(state, data)
 
     def features(self, state: TrainState, data: DeviceData, member: int, split: str = "train"):

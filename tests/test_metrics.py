@@ -144,6 +144,43 @@ def test_metrics_from_stats_match_reference():
         assert "nrc1_centered" not in at_gamma and "pca_basis" not in at_gamma
 
 
+def test_metrics_from_features_equal_stats_path_and_reference():
+    """The in-memory path (one d x d product) gives what the sufficient statistics give, with padding."""
+    h, w, y, p = _problem(8)
+    pad = 17
+    rng = np.random.default_rng(1)
+    hp, yp, pp = (np.concatenate([x, rng.normal(size=(pad, x.shape[1])) * 1e3]) for x in (h, y, p))
+    hp[-1] = np.nan  # dropped rows may hold anything
+    mask = np.arange(len(hp)) < len(h)
+    with jax.enable_x64(True):
+        stats, centered = _stats_with_centered(h, y, p)
+        basis = metrics.pca_basis_init(12, 3)
+        for pca_init in (None, basis):
+            expected = metrics.metrics_from_stats(stats, w, centered=centered, pca_init=pca_init)
+            got = metrics.metrics_from_features(hp, yp, pp, w, mask=mask, pca_init=pca_init)
+            assert set(got) == set(expected)
+            _assert_metrics_match(got, expected, rtol=1e-12)
+        _assert_metrics_match(metrics.metrics_from_features(h, y, p, w), _reference_metrics(h, w, y, p))
+        plain = metrics.metrics_from_features(h, y, p, w, centered=False, gamma=0.05)
+        assert "nrc1_centered" not in plain and float(plain["nrc3_gamma"]) == 0.05
+        regression = metrics.regression_metrics(yp, pp, mask)
+        _assert_metrics_match(regression, {k: expected[k] for k in ("mse", "mse_per_dim", "r2", "r2_per_dim")})
+        np.testing.assert_allclose(regression["mse"], ref.mse(y, p), rtol=1e-12)
+
+
+def test_metrics_from_features_sharded_over_8_devices_equals_single_device():
+    h, w, y, p = (x.astype(np.float32) for x in _problem(9))
+    mask = np.arange(240) < 233
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    evaluate = jax.jit(lambda h, y, p, mask, w: metrics.metrics_from_features(h, y, p, w, mask=mask))
+    sharded = evaluate(*(jax.device_put(x, rows) for x in (h, y, p, mask)), w)
+    single = evaluate(*(jax.device_put(x, jax.devices()[0]) for x in (h, y, p, mask, w)))
+    for key in single:
+        np.testing.assert_allclose(sharded[key], single[key], rtol=2e-5, atol=1e-6, err_msg=key)
+    np.testing.assert_allclose(sharded["nrc1"], ref.nrc1(h[:233], 3), rtol=1e-4)
+
+
 def _padded_batches(arrays, batch):
     """Batches of `batch` rows; the last is padded with nan rows and a False mask."""
     m = len(arrays[0])
@@ -343,6 +380,13 @@ def test_jit_of_public_functions():
     (lambda h, w, s: metrics.top_eigenvectors(s, 2, init=np.ones((3, 3))), DataError, "init shape (3, 3)"),
     (lambda h, w, s: metrics.metrics_from_stats(metrics.empty_feature_stats(12, 2), w),
      DataError, "weights shape (3, 12) does not match the 2 targets"),
+    (lambda h, w, s: metrics.metrics_from_features(h, h[:, :3], h[:, :3], w, mask=np.ones(7)),
+     DataError, "mask shape (7,)"),
+    (lambda h, w, s: metrics.metrics_from_features(h, h[:, :3], np.where(h[:, :3] > 2, np.inf, h[:, :3]), w),
+     DataError, "predictions (shape (240, 3)) contains non-finite values"),
+    (lambda h, w, s: metrics.metrics_from_features(h, h[:, :2], h[:, :2], w),
+     DataError, "weights shape (3, 12) does not match the 2 targets"),
+    (lambda h, w, s: metrics.regression_metrics(h[:, :3], h[:, :2]), DataError, "differ"),
 ])
 def test_bad_input_raises_value_error_naming_the_argument(call, error, words):
     h, w, y, _ = _problem(16)
