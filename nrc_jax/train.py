@@ -210,9 +210,10 @@ class Trainer:
         TRACE_COUNTS["train_chunk"] += 1
         epoch = jax.vmap(self._member_epoch, in_axes=(0, None))
         state = jax.lax.fori_loop(0, num_epochs, lambda _, s: epoch(s, data), state)
-        out = self._evaluate(state, data)
+        out = dict(self._evaluate(state, data))
+        basis = out.pop("pca_basis", None)  # lives in the state only: `out` must outlive the donated state
         if self.config.metrics.pca_iters:
-            state = state.replace(pca_basis=out["pca_basis"])
+            state = state.replace(pca_basis=basis)
         return state, out
 
     # ----------------------------------------------------------------- evaluation
@@ -359,29 +360,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train_chunk = distributed.compile_together("train_chunk", trainer.train_chunk, state, device_data,
                                                    jnp.asarray(0, jnp.int32))
 
-    def run_chunk(state: TrainState, num_epochs: int, previous: int) -> tuple[TrainState, list[dict]]:
-        state, out = train_chunk(state, device_data, jnp.asarray(num_epochs, jnp.int32))
+    def dispatch(state: TrainState, num_epochs: int) -> tuple[TrainState, dict]:
+        """Starts a chunk and returns at once (JAX dispatches asynchronously): the device trains
+        while the host writes the previous chunk's rows."""
+        return train_chunk(state, device_data, jnp.asarray(num_epochs, jnp.int32))
+
+    def collect(out: dict, previous: int, write: bool = True) -> list[dict]:
+        """Waits for a dispatched chunk; writes its rows after checking them for divergence."""
         rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
         check_finite(rows, previous, ckpt)
-        return state, rows
+        if write:
+            log.write(rows)
+        return rows
 
-    rows = None
+    rows, pending = None, None  # pending: (metrics, previous epoch) of the chunk whose rows are unwritten
     try:
         if start == 0:  # the initial evaluation: a chunk of 0 epochs (the same compiled program)
-            state, rows = run_chunk(state, 0, 0)
-            log.write(rows)
+            state, out = dispatch(state, 0)
+            pending = (out, 0)
         previous = start
         with checkpoints.StopOnSignal() as stop:
             for epoch in eval_epochs(start, config):
-                state, rows = run_chunk(state, epoch - previous, previous)
-                log.write(rows)
-                previous = epoch
+                state, out = dispatch(state, epoch - previous)
+                if pending is not None:
+                    rows = collect(*pending)
+                pending, previous = (out, previous), epoch
                 if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs or stop.requested:
+                    rows, pending = collect(*pending), None  # a state is saved only once its rows are checked
                     ckpt.save(epoch, state)
                 if stop.requested:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {epoch}; checkpoint saved")
+        if pending is not None:
+            rows = collect(*pending)
         if rows is None:  # resumed a finished run: nothing left to train, only the final metrics
-            state, rows = run_chunk(state, 0, start)
+            state, out = dispatch(state, 0)
+            rows = collect(out, start, write=False)
         summary = log.finish(head_weights(state), np.asarray(device_data.sigma), lambda_min,
                              ufm=config.optim.regularizer == "ufm")
     finally:

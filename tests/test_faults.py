@@ -121,17 +121,17 @@ def test_sigint_saves_a_checkpoint_and_the_rerun_matches(npz_path, reference, tm
     config = make_config(fields(npz_path, **{"train.checkpoint_every": 6}))
     original = writers.RunWriter.write
 
-    def interrupt_after_epoch_2(self, rows):
+    def interrupt_while_epochs_3_4_train(self, rows):
         original(self, rows)
-        if rows[0]["epoch"] == 2:
+        if rows[0]["epoch"] == 2:  # the host writes these rows while the chunk to epoch 4 runs
             os.kill(os.getpid(), signal.SIGINT)
 
-    monkeypatch.setattr(writers.RunWriter, "write", interrupt_after_epoch_2)
-    with pytest.raises(KeyboardInterrupt, match="after epoch 2; checkpoint saved"):
+    monkeypatch.setattr(writers.RunWriter, "write", interrupt_while_epochs_3_4_train)
+    with pytest.raises(KeyboardInterrupt, match="after epoch 4; checkpoint saved"):
         train.train_and_evaluate(config, str(tmp_path))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    assert os.listdir(tmp_path / "checkpoints") == ["2"]
-    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2]
+    assert os.listdir(tmp_path / "checkpoints") == ["4"]
+    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4]
     monkeypatch.setattr(writers.RunWriter, "write", original)
     train.train_and_evaluate(config, str(tmp_path))
     assert rows_without_time(tmp_path) == reference[1]

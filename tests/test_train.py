@@ -79,8 +79,30 @@ def test_end_to_end_outputs_and_no_recompilation(npz_path, tmp_path):
     assert summary["best_nrc3"] == pytest.approx(min(summary["nrc3_curve"]), abs=1e-6)
     assert summary["best_gamma_over_lambda_min"] == pytest.approx(summary["best_gamma"] / rows[0]["lambda_min"])
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4", "6"]
-    assert os.listdir(tmp_path / "tensorboard" / "run")
+    scalars = tensorboard_scalars(tmp_path / "tensorboard" / "run")
+    assert sorted(scalars) == [0, 2, 4, 6]
+    for row in rows:
+        assert scalars[row["epoch"]]["train_mse"] == pytest.approx(row["train_mse"], rel=1e-6)
+        assert scalars[row["epoch"]]["nrc1"] == pytest.approx(row["nrc1"], rel=1e-6)
+        assert scalars[row["epoch"]]["evr/4"] == pytest.approx(row["evr"][4], rel=1e-6)
     assert result["members"][0]["epoch"] == 6
+
+
+def tensorboard_scalars(directory) -> dict[int, dict[str, float]]:
+    """{step: {tag: value}} read back from the TFRecord-framed event files in `directory`."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    out: dict[int, dict[str, float]] = {}
+    for name in sorted(os.listdir(directory)):
+        data = open(os.path.join(directory, name), "rb").read()
+        offset = 0
+        while offset < len(data):  # record: length (8 bytes), crc (4), payload, crc (4)
+            length = int.from_bytes(data[offset:offset + 8], "little")
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 16 + length
+            for value in event.summary.value:
+                out.setdefault(event.step, {})[value.tag] = value.simple_value
+    return out
 
 
 def test_resume_after_crash_matches_straight_run(npz_path, tmp_path, monkeypatch):
@@ -162,18 +184,19 @@ def test_eval_epochs_include_the_last():
 
 
 def test_sigterm_saves_a_checkpoint_and_stops(npz_path, tmp_path, monkeypatch):
-    config = tiny_config(npz_path, **{"train.checkpoint_every": 4, "train.epochs": 8})
+    config = tiny_config(npz_path, **{"train.checkpoint_every": 6, "train.epochs": 12})
     original = writers.RunWriter.write
 
     def signal_at_epoch_2(self, rows):
         original(self, rows)
-        if rows[0]["epoch"] == 2:
+        if rows[0]["epoch"] == 2:  # the host writes these rows while the chunk to epoch 4 runs
             os.kill(os.getpid(), signal.SIGTERM)
 
     monkeypatch.setattr(writers.RunWriter, "write", signal_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt, match="after epoch 2"):
+    with pytest.raises(KeyboardInterrupt, match="after epoch 4"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert os.listdir(tmp_path / "checkpoints") == ["2"]  # saved although checkpoint_every is 4
+    assert os.listdir(tmp_path / "checkpoints") == ["4"]  # saved although checkpoint_every is 6
+    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
 
