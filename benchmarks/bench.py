@@ -445,7 +445,7 @@ def render(results: dict[str, Any]) -> str:
                              f"{fmt(1e3 / e['eval_ms'])} | {fmt(1e3 / r['eval_ms'], 2)} | {floor} | {bound} |")
         lines += ["", "The floor is `eval_flops`: the forward pass over train + test rows plus the one d x d product "
                   "of the features, at the matmul peak above; the reference's evaluation does the same forward "
-                  "pass, so no implementation on this machine can beat the last column.", ""]
+                  "pass, so no implementation on this machine can beat the last column."]
         lines += ["", "### (e) end to end, evaluation every 10 epochs (target >= 5x)", "",
                   "| size | nrc_jax epochs/s | reference epochs/s | speed-up |", "|---|---|---|---|"]
         for name in sizes:
@@ -455,7 +455,7 @@ def render(results: dict[str, Any]) -> str:
                              f"**{e['e2e_epochs_per_s'] / r['e2e_epochs_per_s']:.1f}x** |")
         lines.append("")
     for label, rows in results.get("variants", {}).items():
-        lines += [f"### candidate config: {label}", "",
+        lines += [f"### config variant: {label}", "",
                   "| size | ms/epoch | ms/evaluation | epochs/s end to end | e2e vs default config | "
                   "evaluation vs reference | e2e vs reference |", "|---|---|---|---|---|---|---|"]
         for n, v in rows.items():
