@@ -38,16 +38,16 @@ Runtime. Quick (measured by `python -m nrc_jax.reproduce` on this project's shar
 load 9-15, compile included, wall / process CPU; results/quick/summary.md): fig5_wd_swimmer,quick
 2m12s / 56 s, fig5_wd_reacher,quick 1m48s / 48 s, fig5_wd_hopper,quick 1m35s / 44 s,
 fig6_ufm_swimmer,quick 1m58s / 64 s, fig2_synthetic_images,quick 3m22s / 94 s (about half of it
-compiling the ResNet18). On the quiet machine (load ~0-2) the same stages took 20-25 s wall
-each (ResNet18: 61 s), the whole job 2m48s. Not measured: the other quick variants cost about the same per model
+compiling the ResNet18). On the quiet machine (load ~1) the same stages took 21-29 s wall
+each (ResNet18: 63 s), the whole job 3m18s with --fresh. Not measured: the other quick variants cost about the same per model
 (fig2_*,quick of a MuJoCo set ~ half its fig5 sweep; CARLA/UTKFace quick need their data).
-Full scale (ESTIMATES, not measured): from the measured CPU time of the 3 x 256 MLP at batch 256
-on 1,000 rows, ~35 ms per model-epoch on this CPU (81 s of CPU for 1,000 epochs x 2 models,
-compile included): fig2_swimmer 1e6 epochs x 3 seeds ~ 30 CPU-hours (the paper reports ~16 h of
-CPU per run), fig2_reacher 1.5e6 x 3 ~ 45 h, fig2_hopper 2e5 x 3 on 10x the rows ~ 60 h; a
-5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* 1e4 epochs x 15 models ~ 1.5 h
-(Swimmer, Reacher) to 15 h (Hopper). On one GPU the vmapped sweep trains all members at once (see
-results/bench.md). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000,
+Full scale (ESTIMATES, not measured): from the per-epoch times of the 3 x 256 MLP at batch 256 in
+results/bench.md (idle 2-core CPU, one model: 10.4 ms wall per epoch on 1,000 rows, 106 ms on
+10,000 rows; sweeps give no extra throughput on 2 cores): fig2_swimmer 1e6 epochs x 3 seeds ~ 9 h
+(the paper reports ~16 h of CPU per run), fig2_reacher 1.5e6 x 3 ~ 13 h, fig2_hopper 2e5 x 3 ~ 18 h; a
+5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* 1e4 epochs x 15 models ~ 0.5 h
+(Swimmer, Reacher) to 4.5 h (Hopper). On a GPU the vmapped sweep trains all members in one program
+(not measured: no GPU was lent so far). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000,
 ResNet34) need a GPU: of the order of a day and of an hour on one modern GPU (estimate from ~1.8
 GFLOP per ResNet18 forward at 224x224, 3x for a training step).
 """
