@@ -2,7 +2,7 @@
 
 Re-running the same command resumes from the latest checkpoint in DIR. User errors (bad config,
 missing data, divergence) are printed without a traceback and exit with status 2; SIGINT/SIGTERM save a
-checkpoint at the next evaluation and exit with status 130.
+checkpoint once the chunk of epochs in flight has been evaluated and exit with status 130.
 """
 from __future__ import annotations
 
