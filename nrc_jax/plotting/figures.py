@@ -209,7 +209,8 @@ def evr_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Figur
     handles = [Line2D([], [], color=pc_colours[i], label=f"PC{i + 1}") for i in range(EVR_PCS)]
     if n is not None:
         handles.append(Line2D([], [], color="black", linestyle=":", label=f"top n={n} total"))
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
+    # centred, not upper: the long title spans the legend's column and would cover PC1
+    fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
     fig.suptitle(f"{group.title}: EVR of the top {EVR_PCS} PCs of the last-layer features", fontsize=11)
     return fig
 
