@@ -93,6 +93,11 @@ def train_flops_per_sample(in_dim: int, out_dim: int, hidden=HIDDEN) -> int:
     return 3 * forward
 
 
+def training_gflops(size: Size, epoch_ms: float) -> float:
+    """GFLOP/s of training at `epoch_ms` per epoch (FLOPs from `train_flops_per_sample`)."""
+    return size.train * train_flops_per_sample(size.in_dim, size.out_dim) / (epoch_ms * 1e-3) / 1e9
+
+
 def eval_flops(size: Size, hidden=HIDDEN) -> int:
     """The work no evaluation can skip: the forward pass over train + test rows (test = 20%) and
     the one d x d product of the features whose principal directions NRC1 needs."""
@@ -224,12 +229,7 @@ def mlp_config(overrides: dict[str, Any] | None = None):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    for dotted, value in (overrides or {}).items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(overrides or {})
     return config
 
 
@@ -410,8 +410,7 @@ def render(results: dict[str, Any]) -> str:
             if name in ref and name in eng:
                 size, e, r = SIZES[name], eng[name], ref[name]
                 e2e = e["e2e_epochs_per_s"] / r["e2e_epochs_per_s"]
-                pct = 100 * size.train * train_flops_per_sample(size.in_dim, size.out_dim) / (e["epoch_ms"] * 1e-3) / 1e9 \
-                    / peak["peak_gflops"]
+                pct = 100 * training_gflops(size, e["epoch_ms"]) / peak["peak_gflops"]
                 ev = r["eval_ms"] / e["eval_ms"]
                 mark = lambda ok: "met" if ok else "**not met**"  # noqa: E731
                 lines.append(f"| {name} | {e2e:.1f}x ({mark(e2e >= 5)}) | {pct:.0f}% ({mark(pct >= 60)}) | "
@@ -424,7 +423,7 @@ def render(results: dict[str, Any]) -> str:
         for name in sizes:
             if name in ref and name in eng:
                 size, e, r = SIZES[name], eng[name], ref[name]
-                gflops = size.train * train_flops_per_sample(size.in_dim, size.out_dim) / (e["epoch_ms"] * 1e-3) / 1e9
+                gflops = training_gflops(size, e["epoch_ms"])
                 pct = f"{100 * gflops / peak['peak_gflops']:.0f}%" if peak else "-"
                 lines.append(f"| {name} ({size.train} x {size.in_dim} -> {size.out_dim}) | {fmt(e['epoch_ms'], 2)} | "
                              f"{fmt(r['epoch_ms'])} | **{r['epoch_ms'] / e['epoch_ms']:.1f}x** | {fmt(gflops)} | {pct} | "

@@ -24,6 +24,7 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from bench import mlp_config  # noqa: E402  (configs/mlp.py with dotted overrides)
 import numpy as np  # noqa: E402
 
 SIZES = {"swimmer": (1000, 8, 2), "hopper": (10000, 11, 3)}
@@ -42,21 +43,6 @@ STAT = statistics.median  # --stat min: the least-disturbed run, closer to a qui
 
 def median_pair(samples: list[tuple[float, float]]) -> tuple[float, float]:
     return STAT(s[0] for s in samples), STAT(s[1] for s in samples)
-
-
-def make_config(overrides: dict):
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("profile_mlp_config", os.path.join(ROOT, "configs", "mlp.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    for dotted, value in overrides.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 def random_data(name: str, rows: int, in_dim: int, out_dim: int):
@@ -78,7 +64,7 @@ VARIANTS = {  # per-executable XLA options (jax.jit(compiler_options=...)), comp
 def profile(size: str, overrides: dict, repeats: int, epochs: tuple[int, int], variants: list[str]) -> dict:
     """{variant: timings}; the variants' chunks are interleaved, so load drifts hit them alike."""
     from nrc_jax import train, writers
-    config = make_config(overrides)
+    config = mlp_config(overrides)
     data = random_data(size, *SIZES[size])
     members = writers.sweep_members(config)
     trainers, device_data, fns, evals, states = {}, {}, {}, {}, {}

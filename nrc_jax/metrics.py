@@ -609,6 +609,20 @@ def _feature_stats_impl(h: Array, y: Array, p: Array, mask: Array | None) -> Fea
                         sum_res=m.sum_res, sum_res_sq=m.sum_res_sq)
 
 
+def _rows_args(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
+               mask: ArrayLike | None) -> tuple[Array, Array, Array, Array | None]:
+    """Validated (h, y, p, mask) of one set of rows, y and p in h's dtype; DataError naming the argument."""
+    h = _features_arg(features, check_finite=False)
+    y, p = _check_targets_predictions(targets, predictions, check_finite=False)
+    if y.shape[0] != h.shape[0]:
+        raise DataError(f"features shape {tuple(h.shape)} and targets shape {tuple(y.shape)} "
+                        "have different numbers of rows")
+    mask = _mask_arg(mask, h.shape[0])
+    for name, x in (("features", h), ("targets", y), ("predictions", p)):
+        _check_finite(name, x, mask)
+    return h, y.astype(h.dtype), p.astype(h.dtype), mask
+
+
 def feature_stats(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
                   mask: ArrayLike | None = None) -> FeatureStats:
     """Sufficient statistics of one batch.
@@ -619,15 +633,7 @@ def feature_stats(features: ArrayLike, targets: ArrayLike, predictions: ArrayLik
     Jittable; with the batch sharded over devices XLA inserts the cross-device sums.
     Non-finite values in kept rows raise DataError when the inputs are concrete (not traced).
     """
-    h = _features_arg(features, check_finite=False)
-    y, p = _check_targets_predictions(targets, predictions, check_finite=False)
-    if y.shape[0] != h.shape[0]:
-        raise DataError(f"features shape {tuple(h.shape)} and targets shape {tuple(y.shape)} "
-                        "have different numbers of rows")
-    mask = _mask_arg(mask, h.shape[0])
-    for name, x in (("features", h), ("targets", y), ("predictions", p)):
-        _check_finite(name, x, mask)
-    return _feature_stats_impl(h, y.astype(h.dtype), p.astype(h.dtype), mask)
+    return _feature_stats_impl(*_rows_args(features, targets, predictions, mask))
 
 
 @jax.jit
@@ -755,18 +761,10 @@ def metrics_from_features(features: ArrayLike, targets: ArrayLike, predictions: 
 
     Returns the dict of `metrics_from_stats`.
     """
-    h = _features_arg(features, check_finite=False)
-    y, p = _check_targets_predictions(targets, predictions, check_finite=False)
-    if y.shape[0] != h.shape[0]:
-        raise DataError(f"features shape {tuple(h.shape)} and targets shape {tuple(y.shape)} "
-                        "have different numbers of rows")
-    mask = _mask_arg(mask, h.shape[0])
-    for name, x in (("features", h), ("targets", y), ("predictions", p)):
-        _check_finite(name, x, mask)
+    h, y, p, mask = _rows_args(features, targets, predictions, mask)
     options = _metric_options(h.shape[1], y.shape[1], weights, h.dtype, sigma, gamma, evr_k, pca_init,
                               pca_iters, gamma_num)
-    return _metrics_from_features_impl(h, y.astype(h.dtype), p.astype(h.dtype), mask, *options,
-                                       y.shape[1], bool(centered))
+    return _metrics_from_features_impl(h, y, p, mask, *options, y.shape[1], bool(centered))
 
 
 @functools.partial(jax.jit, static_argnums=(8, 9, 10, 11, 12))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -110,6 +110,17 @@ def put_data(data: RegressionData, mesh: Mesh, eval_chunk: int) -> DeviceData:
     return DeviceData(*padded(data.x_train, data.y_train, train_chunk),
                       *padded(data.x_test, data.y_test, test_chunk), sigma=put(sigma),
                       num_train=len(data.x_train), eval_chunk=train_chunk, test_chunk=test_chunk)
+
+
+def over_members(fn: Callable, state: TrainState, data: DeviceData):
+    """`fn(member_state, data)` for each of the K sweep members, outputs stacked on a leading K axis.
+
+    vmapped; a single member is called directly, since a vmap of one member measured ~15% slower
+    for a Hopper-size evaluation (results/bench.md).
+    """
+    if state.epoch.shape[0] == 1:
+        return jax.tree.map(lambda a: a[None], fn(jax.tree.map(lambda a: a[0], state), data))
+    return jax.vmap(fn, in_axes=(0, None))(state, data)
 
 
 class Trainer:
@@ -208,8 +219,7 @@ class Trainer:
     def _train_chunk(self, state: TrainState, data: DeviceData, num_epochs: jax.Array):
         """`num_epochs` epochs of every member, then an evaluation: (new state, metrics (K, ...))."""
         TRACE_COUNTS["train_chunk"] += 1
-        epoch = jax.vmap(self._member_epoch, in_axes=(0, None))
-        state = jax.lax.fori_loop(0, num_epochs, lambda _, s: epoch(s, data), state)
+        state = jax.lax.fori_loop(0, num_epochs, lambda _, s: over_members(self._member_epoch, s, data), state)
         out = dict(self._evaluate(state, data))
         basis = out.pop("pca_basis", None)  # lives in the state only: `out` must outlive the donated state
         if self.config.metrics.pca_iters:
@@ -254,10 +264,7 @@ class Trainer:
 
     def _evaluate(self, state: TrainState, data: DeviceData) -> dict[str, jax.Array]:
         """Metrics of every member over the whole train and test sets: dict of (K, ...) arrays."""
-        if state.epoch.shape[0] == 1:  # vmap over one member costs ~15% of a Hopper-size evaluation
-            out = self._member_metrics(jax.tree.map(lambda a: a[0], state), data)
-            return jax.tree.map(lambda a: a[None], out)
-        return jax.vmap(self._member_metrics, in_axes=(0, None))(state, data)
+        return over_members(self._member_metrics, state, data)
 
     def features(self, state: TrainState, data: DeviceData, member: int, split: str = "train"):
         """Host arrays of one member on a split: predictions (M, n), features (M, d), hidden list."""

@@ -43,12 +43,7 @@ def fields(npz_path, **overrides) -> dict:
 
 def make_config(values: dict):
     config = mlp.get_config()
-    for key, value in values.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(values)
     return config
 
 
@@ -117,20 +112,22 @@ def test_leftover_temporary_checkpoint_is_ignored_and_removed(npz_path, referenc
 
 
 # --------------------------------------------------------------------- signals, divergence, determinism
-def test_sigint_saves_a_checkpoint_and_the_rerun_matches(npz_path, reference, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_a_checkpoint_and_the_rerun_matches(signum, npz_path, reference, tmp_path, monkeypatch):
     config = make_config(fields(npz_path, **{"train.checkpoint_every": 6}))
     original = writers.RunWriter.write
+    handler_before = signal.getsignal(signum)
 
-    def interrupt_while_epochs_3_4_train(self, rows):
+    def signal_while_epochs_3_4_train(self, rows):
         original(self, rows)
         if rows[0]["epoch"] == 2:  # the host writes these rows while the chunk to epoch 4 runs
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
-    monkeypatch.setattr(writers.RunWriter, "write", interrupt_while_epochs_3_4_train)
+    monkeypatch.setattr(writers.RunWriter, "write", signal_while_epochs_3_4_train)
     with pytest.raises(KeyboardInterrupt, match="after epoch 4; checkpoint saved"):
         train.train_and_evaluate(config, str(tmp_path))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    assert os.listdir(tmp_path / "checkpoints") == ["4"]
+    assert signal.getsignal(signum) is handler_before  # handler restored
+    assert os.listdir(tmp_path / "checkpoints") == ["4"]  # saved although checkpoint_every is 6
     assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4]
     monkeypatch.setattr(writers.RunWriter, "write", original)
     train.train_and_evaluate(config, str(tmp_path))
