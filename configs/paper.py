@@ -38,8 +38,8 @@ Runtime. Quick (measured by `python -m nrc_jax.reproduce` on this project's shar
 load 9-15, compile included, wall / process CPU; results/quick/summary.md): fig5_wd_swimmer,quick
 2m12s / 56 s, fig5_wd_reacher,quick 1m48s / 48 s, fig5_wd_hopper,quick 1m35s / 44 s,
 fig6_ufm_swimmer,quick 1m58s / 64 s, fig2_synthetic_images,quick 3m22s / 94 s (about half of it
-compiling the ResNet18). On the quiet machine (load ~1) the same stages took 21-29 s wall
-each (ResNet18: 63 s), the whole job 3m18s with --fresh. Not measured: the other quick variants cost about the same per model
+compiling the ResNet18). On the quiet machine (load ~1-2) the same stages took 19-25 s wall
+each (ResNet18: 62 s), the whole job 3m07s with --fresh. Not measured: the other quick variants cost about the same per model
 (fig2_*,quick of a MuJoCo set ~ half its fig5 sweep; CARLA/UTKFace quick need their data).
 Full scale (ESTIMATES, not measured): from the per-epoch times of the 3 x 256 MLP at batch 256 in
 results/bench.md (idle 2-core CPU, one model: 10.4 ms wall per epoch on 1,000 rows, 106 ms on
