@@ -123,6 +123,21 @@ def over_members(fn: Callable, state: TrainState, data: DeviceData):
     return jax.vmap(fn, in_axes=(0, None))(state, data)
 
 
+def _after_training(data: DeviceData, state: TrainState) -> DeviceData:
+    """`data` whose masks depend on the trained `state` (their values unchanged).
+
+    XLA:CPU runs independent operations of a program concurrently and does not order a collective
+    inside a loop before one outside it. An evaluation sum that needs only the data (a mask's row
+    count) could then start on one device while another still waits in the epoch loop's gradient
+    sum: a deadlock of multi-device CPU meshes (`rendezvous ... only 1 of them arrived`). Every
+    evaluation sum over rows goes through a mask, so this dependency orders them all after training.
+    (`lax.optimization_barrier` does not: XLA:CPU removes it before scheduling.)
+    """
+    trained = jnp.all(state.epoch >= 0)  # always true, but only known once the loop has run
+    return data.replace(mask_train=jnp.where(trained, data.mask_train, 0.0),
+                        mask_test=jnp.where(trained, data.mask_test, 0.0))
+
+
 class Trainer:
     """The compiled functions of one run (model, optimizer and mesh fixed by the config)."""
 
@@ -220,7 +235,7 @@ class Trainer:
         """`num_epochs` epochs of every member, then an evaluation: (new state, metrics (K, ...))."""
         TRACE_COUNTS["train_chunk"] += 1
         state = jax.lax.fori_loop(0, num_epochs, lambda _, s: over_members(self._member_epoch, s, data), state)
-        out = dict(self._evaluate(state, data))
+        out = dict(self._evaluate(state, _after_training(data, state)))
         basis = out.pop("pca_basis", None)  # lives in the state only: `out` must outlive the donated state
         if self.config.metrics.pca_iters:
             state = state.replace(pca_basis=basis)

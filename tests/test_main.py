@@ -50,3 +50,21 @@ def test_typo_override_fails_and_user_errors_exit_2_without_traceback(npz_path, 
     assert "Traceback" not in missing.stderr
     bad = run_main(f"--workdir={tmp_path}", f"--config.data.path={npz_path}", *SMALL, "--config.optim.schedule=cosine")
     assert bad.returncode == 2 and "optim.schedule" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_paper_mlp_on_two_cpu_devices_does_not_deadlock(tmp_path):
+    """The paper's MLP at Swimmer size on a 2-device CPU mesh: evaluation all-reduces that need only
+    the data (a mask's row count) once deadlocked against the epoch loop's gradient all-reduce
+    (XLA:CPU aborts with `rendezvous ... only 1 of them arrived`) within 20-40 epochs."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1200, 8)).astype(np.float32)
+    y = np.tanh(x[:, :2]).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x_train=x[:1000], y_train=y[:1000], x_test=x[1000:], y_test=y[1000:])
+    env = {**os.environ, "PYTHONPATH": ROOT, "XLA_FLAGS": "--xla_force_host_platform_device_count=2 "
+           "--xla_cpu_collective_call_warn_stuck_timeout_seconds=5 --xla_cpu_collective_call_terminate_timeout_seconds=10"}
+    done = subprocess.run([sys.executable, "-m", "nrc_jax.main", "--config=configs/mlp.py",
+                           f"--workdir={tmp_path / 'run'}", "--config.data.name=npz", f"--config.data.path={tmp_path / 'd.npz'}",
+                           "--config.train.epochs=120", "--config.train.progress_bar=False"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [json.loads(line)["epoch"] for line in open(tmp_path / "run" / "metrics.jsonl")] == list(range(0, 121, 10))
