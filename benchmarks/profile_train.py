@@ -1,7 +1,7 @@
 """Micro-benchmark of nrc_jax's compiled training (issue 7): marginal ms/epoch and ms/evaluation.
 
     .venv/bin/python benchmarks/profile_train.py [--sizes swimmer,hopper] [--repeats 5]
-        [--epochs 10,40] [--set metrics.pca_iters=10 ...] [--matmul]
+        [--epochs 10,40] [--set metrics.pca_iters=10 ...] [--matmul] [--ops EPOCHS]
 
 Calls `Trainer.train_chunk` directly on random data of the paper's shapes. The per-epoch time is
 marginal, (t(long chunk) - t(short chunk)) / (long - short), chunks interleaved so a drift of the
@@ -116,6 +116,56 @@ def matmul_rates(repeats: int) -> None:
               flush=True)
 
 
+def _short_op_name(op_name: str) -> str:
+    """'jit(f)/while/body/while/body/closed_call/transpose(jvp(MLP))/dense_1/dot_general' ->
+    'train: transpose(jvp(MLP))/dense_1/dot_general' (the JAX operation an instruction came from)."""
+    where = "train" if "while/body/while/body" in op_name else "eval" if "metrics" in op_name or "map" in op_name else "chunk"
+    return f"{where}: {op_name.split('closed_call/')[-1] if 'closed_call/' in op_name else '/'.join(op_name.split('/')[-3:])}"
+
+
+def op_breakdown(size: str, overrides: dict, epochs: int, top: int = 20) -> None:
+    """Prints where `epochs` epochs of `train_chunk` spend their time, per compiled HLO instruction
+    (ms per epoch, from a `jax.profiler` trace), with the JAX operation each instruction came from.
+
+    XLA:CPU runs independent instructions concurrently, so the per-instruction times may add up to
+    more than the wall time, and the profiler itself slows the run: they rank the costs, they do
+    not partition the undisturbed time.
+    """
+    import collections
+    import glob
+    import re
+    import tempfile
+    from nrc_jax import train, writers
+    config = mlp_config(overrides)
+    data = random_data(size, *SIZES[size])
+    trainer = train.Trainer(config, train.make_mesh(1), data.input_shape, data.target_dim)
+    device_data = train.put_data(data, trainer.mesh, config.train.eval_chunk)
+    state = trainer.create_state(writers.sweep_members(config))
+    n = jnp.asarray(epochs, jnp.int32)
+    hlo = trainer.train_chunk.lower(state, device_data, n).compile().as_text()
+    origin = {m.group(1): _short_op_name(m.group(2)) for m in
+              re.finditer(r'%([\w.-]+) = [^\n]*?op_name="([^"]*)"', hlo)}
+    state, _ = trainer.train_chunk(state, device_data, n)  # warm-up (compiles)
+    jax.block_until_ready(state)
+    with tempfile.TemporaryDirectory(prefix="nrc_trace_") as tmp:
+        wall = time.perf_counter()
+        with jax.profiler.trace(tmp):
+            state, out = trainer.train_chunk(state, device_data, n)
+            jax.block_until_ready((state, out))
+        wall = time.perf_counter() - wall
+        trace = jax.profiler.ProfileData.from_file(glob.glob(f"{tmp}/**/*.xplane.pb", recursive=True)[0])
+        per_op = collections.Counter()
+        for plane in trace.planes:
+            for line in plane.lines:
+                for event in line.events:
+                    if event.name in origin:  # an HLO instruction (not the executor, Python or waits)
+                        per_op[event.name] += event.duration_ns / 1e6 / epochs
+    print(f"[ops] {size}: {epochs} epochs + 1 evaluation in {wall * 1e3:.0f} ms under the profiler; "
+          f"instructions by time (ms per epoch, the evaluation included):")
+    for name, ms in per_op.most_common(top):
+        print(f"  {ms:7.2f}  {name:28s} {origin[name]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="swimmer,hopper")
@@ -126,12 +176,18 @@ def main() -> None:
     parser.add_argument("--matmul-only", action="store_true")
     parser.add_argument("--variants", default="default", help=f"comma-separated of {list(VARIANTS)}")
     parser.add_argument("--stat", choices=("median", "min"), default="median")
+    parser.add_argument("--ops", type=int, default=0, metavar="EPOCHS",
+                        help="instead: profile EPOCHS epochs and list the compiled instructions by time")
     args = parser.parse_args()
     global STAT
     STAT = min if args.stat == "min" else statistics.median
     overrides = {k: ast.literal_eval(v) for k, v in (s.split("=", 1) for s in args.set)}
     epochs = tuple(int(e) for e in args.epochs.split(","))
     print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} overrides={overrides} load={os.getloadavg()[0]:.1f}")
+    if args.ops:
+        for size in args.sizes.split(","):
+            op_breakdown(size, overrides, args.ops)
+        return
     if args.matmul or args.matmul_only:
         matmul_rates(args.repeats)
     if args.matmul_only:
