@@ -169,6 +169,27 @@ def test_epoch_batches_cover_every_row_once_with_partial_batch(npz_path):
     assert idx.shape == (3, 32) and float(mask.sum()) == 96
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 1000, 10000, 2**20 + 1])
+def test_shuffled_indices_is_a_seeded_permutation(n):
+    shuffle = jax.jit(train.shuffled_indices, static_argnums=1)
+    p = np.asarray(shuffle(jax.random.PRNGKey(5), n))
+    assert p.dtype == np.int32 and sorted(p.tolist()) == list(range(n))
+    np.testing.assert_array_equal(p, np.asarray(shuffle(jax.random.PRNGKey(5), n)))
+    if n >= 1000:
+        assert not np.array_equal(p, np.asarray(shuffle(jax.random.PRNGKey(6), n)))
+        assert abs(np.corrcoef(p, np.arange(n))[0, 1]) < 0.1
+
+
+def test_shuffled_indices_is_uniform_over_small_permutations():
+    # 24,000 permutations of 4 items: each of the 24 orders ~1,000 times (chi-square, 23 dof,
+    # 0.1% quantile 49.7), and every item equally likely in every position.
+    perms = np.asarray(jax.vmap(lambda k: train.shuffled_indices(k, 4))(jax.random.split(jax.random.PRNGKey(0), 24000)))
+    counts = np.unique(perms @ np.array([64, 16, 4, 1]), return_counts=True)[1]
+    assert len(counts) == 24 and ((counts - 1000) ** 2 / 1000).sum() < 49.7
+    for position in range(4):
+        np.testing.assert_allclose(np.bincount(perms[:, position], minlength=4) / 24000, 0.25, atol=0.015)
+
+
 def test_eval_epochs_include_the_last():
     config = mlp.get_config()
     config.train.update(epochs=25, eval_every=10)
