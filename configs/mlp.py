@@ -7,9 +7,9 @@ Launch (any data set; a bring-your-own .npz with x_train, y_train, x_test, y_tes
   python -m nrc_jax.main --config=configs/mlp.py:quick --workdir=/tmp/nrc_quick ...   # CPU smoke run
 Sweeps (one compiled program, vmapped over members; Cartesian product unless sweep.mode='zip'):
   --config.sweep.weight_decay="(1e-2,5e-3,5e-4,5e-5,0.)" --config.sweep.seed="(0,1,2)"
-Expected runtime on this 2-core CPU, Swimmer-sized data (1,000 x 8 -> 2): about 2-3 ms per epoch
-of the 3 x 256 MLP after a compile of ~5 s, so the default 1,000 epochs take a few seconds;
-`:quick` (50 epochs) finishes in a few seconds, compile included.
+Expected runtime on this 2-core CPU, Swimmer-sized data (1,000 x 8 -> 2): about 8-11 ms per epoch
+of the 3 x 256 MLP (results/bench.md) after a compile of ~4 s, so the default 1,000 epochs take
+about 15 s; `:quick` (50 epochs) finishes in a few seconds, compile included.
 """
 from __future__ import annotations
 

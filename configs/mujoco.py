@@ -11,9 +11,9 @@ Launch:
   # the weight-decay sweep of Figure 5 (5 x 3 = 15 models in one program):
   python -m nrc_jax.main --config=configs/mujoco.py:swimmer --workdir=runs/swimmer_wd \
       --config.sweep.weight_decay="(1e-2,5e-3,5e-4,5e-5,0.)"
-Expected runtime (this 2-core CPU, estimated from ~3 ms per model-epoch at Swimmer size and ~25 ms
-at Hopper size): a full Swimmer run (1e6 epochs x 3 seeds) is about a day of CPU, Hopper
-(2e5 x 3, 10x the data) about as long; on one GPU the grid is far shorter (see results/bench.md).
+Expected runtime (this 2-core CPU, estimated from the measured ~8.3 ms per model-epoch at Swimmer
+size and ~84 ms at Hopper size in results/bench.md): a full Swimmer run (1e6 epochs x 3 seeds) is
+about 7 h, Hopper (2e5 x 3, 10x the data) about 14 h; on an accelerator far shorter (not measured).
 `:<name>,quick` (200 epochs, one seed) takes well under a minute.
 """
 from __future__ import annotations

@@ -42,11 +42,11 @@ compiling the ResNet18). On the quiet machine (load ~1-2) the same stages took 1
 each (ResNet18: 62 s), the whole job 3m07s with --fresh. Not measured: the other quick variants cost about the same per model
 (fig2_*,quick of a MuJoCo set ~ half its fig5 sweep; CARLA/UTKFace quick need their data).
 Full scale (ESTIMATES, not measured): from the per-epoch times of the 3 x 256 MLP at batch 256 in
-results/bench.md (idle 2-core CPU, one model: 10.4 ms wall per epoch on 1,000 rows, 106 ms on
-10,000 rows; sweeps give no extra throughput on 2 cores): fig2_swimmer 1e6 epochs x 3 seeds ~ 9 h
-(the paper reports ~16 h of CPU per run), fig2_reacher 1.5e6 x 3 ~ 13 h, fig2_hopper 2e5 x 3 ~ 18 h; a
-5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* 1e4 epochs x 15 models ~ 0.5 h
-(Swimmer, Reacher) to 4.5 h (Hopper). On a GPU the vmapped sweep trains all members in one program
+results/bench.md (idle 2-core CPU, one model: 8.3 ms wall per epoch on 1,000 rows, 84 ms on
+10,000 rows; sweeps give no extra throughput on 2 cores): fig2_swimmer 1e6 epochs x 3 seeds ~ 7 h
+(the paper reports ~16 h of CPU per run), fig2_reacher 1.5e6 x 3 ~ 10 h, fig2_hopper 2e5 x 3 ~ 14 h; a
+5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* 1e4 epochs x 15 models ~ 0.4 h
+(Swimmer, Reacher) to 3.5 h (Hopper). On a GPU the vmapped sweep trains all members in one program
 (not measured: no GPU was lent so far). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000,
 ResNet34) need a GPU: of the order of a day and of an hour on one modern GPU (estimate from ~1.8
 GFLOP per ResNet18 forward at 224x224, 3x for a training step).
