@@ -118,9 +118,10 @@ def matmul_rates(repeats: int) -> None:
 
 def _short_op_name(op_name: str) -> str:
     """'jit(f)/while/body/while/body/closed_call/transpose(jvp(MLP))/dense_1/dot_general' ->
-    'train: transpose(jvp(MLP))/dense_1/dot_general' (the JAX operation an instruction came from)."""
-    where = "train" if "while/body/while/body" in op_name else "eval" if "metrics" in op_name or "map" in op_name else "chunk"
-    return f"{where}: {op_name.split('closed_call/')[-1] if 'closed_call/' in op_name else '/'.join(op_name.split('/')[-3:])}"
+    'step: transpose(jvp(MLP))/dense_1/dot_general': the JAX operation an instruction came from, and
+    whether it runs in every minibatch step or once per epoch or evaluation ('other')."""
+    where = "step" if "while/body/while/body" in op_name else "other"
+    return f"{where}: {'/'.join(op_name.split('closed_call/')[-1].split('/')[-3:])}"
 
 
 def op_breakdown(size: str, overrides: dict, epochs: int, top: int = 20) -> None:

@@ -32,13 +32,16 @@ HEAD = "head"
 NARROW_OUTPUTS = 8
 
 
+_MATMUL = (((1,), (0,)), ((), ()))  # dot_general dimension numbers of x (B, d) @ kernel (d, n)
+
+
 @jax.custom_vjp
 def _narrow_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return jax.lax.dot_general(x, kernel, (((1,), (0,)), ((), ())))
+    return jax.lax.dot_general(x, kernel, _MATMUL)
 
 
 def _narrow_matmul_fwd(x: jax.Array, kernel: jax.Array):
-    return _narrow_matmul(x, kernel), (x, kernel)
+    return jax.lax.dot_general(x, kernel, _MATMUL), (x, kernel)
 
 
 def _narrow_matmul_bwd(residuals, g: jax.Array):
@@ -58,11 +61,16 @@ def narrow_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precis
     """`lax.dot_general` for `nn.Dense(dot_general=...)`: the same product, with the weight gradient
     of a narrow (<= NARROW_OUTPUTS outputs) 2-D Dense on the CPU taken column by column."""
     plain = (lhs.ndim == 2 and rhs.ndim == 2 and rhs.shape[1] <= NARROW_OUTPUTS and precision is None
-             and preferred_element_type is None and dimension_numbers == (((1,), (0,)), ((), ())))
+             and preferred_element_type is None and dimension_numbers == _MATMUL)
     if plain and jax.default_backend() == "cpu":
         return _narrow_matmul(lhs, rhs)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
+
+
+def _head(out_dim: int, use_bias: bool) -> nn.Dense:
+    """The linear regression head, W = kernel.T (n, d); see `head_params`."""
+    return nn.Dense(out_dim, use_bias=use_bias, dot_general=narrow_dot_general, name=HEAD)
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -99,7 +107,7 @@ class MLP(nn.Module):
             if i < len(self.widths) - 1 or self.feature_activation:
                 h = act(h)
             hidden.append(h)
-        prediction = nn.Dense(self.out_dim, use_bias=self.head_bias, dot_general=narrow_dot_general, name=HEAD)(h)
+        prediction = _head(self.out_dim, self.head_bias)(h)
         return prediction, h, hidden
 
 
@@ -181,7 +189,7 @@ class ResNet(nn.Module):
             if self.feature_activation:
                 h = act(h)
             hidden.append(h)
-        prediction = nn.Dense(self.out_dim, use_bias=self.head_bias, dot_general=narrow_dot_general, name=HEAD)(h)
+        prediction = _head(self.out_dim, self.head_bias)(h)
         return prediction, h, hidden
 
 
@@ -206,7 +214,7 @@ class SmallCNN(nn.Module):
         if self.feature_activation:
             h = act(h)
         hidden.append(h)
-        prediction = nn.Dense(self.out_dim, use_bias=self.head_bias, dot_general=narrow_dot_general, name=HEAD)(h)
+        prediction = _head(self.out_dim, self.head_bias)(h)
         return prediction, h, hidden
 
 
