@@ -32,6 +32,16 @@ HEAD = "head"
 NARROW_OUTPUTS = 8
 
 
+def cpu_rewrites() -> bool:
+    """Whether the CPU-only rewrites apply: the default backend (the mesh's devices) is the CPU.
+
+    Those rewrites (`narrow_dot_general`'s column-by-column head gradient, `train.shuffled_indices`'
+    packed sort) were measured faster only on XLA:CPU; on GPU/TPU the plain ops run. Read at trace
+    time; tests replace it to trace the other branch.
+    """
+    return jax.default_backend() == "cpu"
+
+
 _MATMUL = (((1,), (0,)), ((), ()))  # dot_general dimension numbers of x (B, d) @ kernel (d, n)
 
 
@@ -59,10 +69,11 @@ _narrow_matmul.defvjp(_narrow_matmul_fwd, _narrow_matmul_bwd)
 def narrow_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precision=None,
                        preferred_element_type=None) -> jax.Array:
     """`lax.dot_general` for `nn.Dense(dot_general=...)`: the same product, with the weight gradient
-    of a narrow (<= NARROW_OUTPUTS outputs) 2-D Dense on the CPU taken column by column."""
-    plain = (lhs.ndim == 2 and rhs.ndim == 2 and rhs.shape[1] <= NARROW_OUTPUTS and precision is None
-             and preferred_element_type is None and dimension_numbers == _MATMUL)
-    if plain and jax.default_backend() == "cpu":
+    of a narrow (<= NARROW_OUTPUTS outputs) 2-D Dense taken column by column when `cpu_rewrites()`;
+    on other backends exactly `lax.dot_general`. lhs (B, d), rhs (d, n) -> (B, n)."""
+    narrow = (lhs.ndim == 2 and rhs.ndim == 2 and rhs.shape[1] <= NARROW_OUTPUTS and precision is None
+              and preferred_element_type is None and dimension_numbers == _MATMUL)
+    if narrow and cpu_rewrites():
         return _narrow_matmul(lhs, rhs)
     return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                                preferred_element_type=preferred_element_type)
@@ -266,4 +277,4 @@ def has_batch_norm(model_config: ml_collections.ConfigDict) -> bool:
 
 
 __all__ = ["MLP", "ResNet", "SmallCNN", "BasicBlock", "ARCHS", "get_model", "default_model_config",
-           "head_params", "has_batch_norm"]
+           "head_params", "has_batch_norm", "cpu_rewrites", "narrow_dot_general"]

@@ -114,18 +114,31 @@ def put_data(data: RegressionData, mesh: Mesh, eval_chunk: int) -> DeviceData:
 
 
 def shuffled_indices(key: jax.Array, n: int) -> jax.Array:
-    """A random permutation of 0..n-1, (n,) int32, by the method of `jax.random.permutation`.
+    """A random permutation of 0..n-1, (n,) int32: `jax.random.permutation`, or on the CPU
+    (`models.cpu_rewrites()`) the same method packed into one array per sort (`packed_shuffle`).
+
+    Both give a uniform permutation fixed by (key, n), but not the same one: a run's shuffles
+    depend on the backend it trains on.
+    """
+    if models.cpu_rewrites() and n <= PACKED_SHUFFLE_MAX_ROWS:
+        return packed_shuffle(key, n)
+    return jax.random.permutation(key, n).astype(jnp.int32)
+
+
+# Up to 2**20 rows the index leaves >= 12 random bits per uint32 key (few sort rounds).
+PACKED_SHUFFLE_MAX_ROWS = 2**20
+
+
+def packed_shuffle(key: jax.Array, n: int) -> jax.Array:
+    """A random permutation of 0..n (<= 2**20), (n,) int32, by the method of `jax.random.permutation`.
 
     Like it, successive stable sorts by fresh random keys, with enough random bits in all (>= 3 log2
     n) that ties are negligible. The index rides in the low bits of each uint32 key, so each round
     sorts one array: XLA:CPU sorts a single array about 6x faster than the key-value pairs
-    `jax.random.permutation` sorts (0.5 vs 3.2 ms at 10,000 rows, where that permutation took 7% of
-    a Hopper-size epoch; results/bench.md). Above 2**20 rows it calls `jax.random.permutation`.
+    `jax.random.permutation` sorts (results/bench.md, change 11).
     """
     index_bits = max(1, (n - 1).bit_length())
     random_bits = 32 - index_bits
-    if random_bits < 12:
-        return jax.random.permutation(key, n).astype(jnp.int32)
     rounds = max(1, math.ceil(3 * math.log2(max(n, 2)) / random_bits))
     low = jnp.uint32((1 << index_bits) - 1)
     position = jnp.arange(n, dtype=jnp.uint32)

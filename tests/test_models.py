@@ -51,7 +51,29 @@ def test_narrow_head_gradients_match_plain_autodiff_and_vmap():
     np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
     wide = jax.random.normal(jax.random.PRNGKey(3), (16, models.NARROW_OUTPUTS + 1))
     assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: models.narrow_dot_general(x, wide, dims))(x[0]))
-    assert "custom_vjp" in str(jax.make_jaxpr(lambda x: models.narrow_dot_general(x, kernel[0], dims))(x[0]))
+    traced = str(jax.make_jaxpr(lambda x: models.narrow_dot_general(x, kernel[0], dims))(x[0]))
+    assert ("custom_vjp" in traced) == models.cpu_rewrites()  # the rewrite only on the CPU
+
+
+def test_cpu_rewrites_follow_the_backend():
+    assert models.cpu_rewrites() == (jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize("cpu", [True, False])
+def test_head_path_follows_the_backend_and_gradients_agree(monkeypatch, cpu):
+    """On the CPU the head's weight gradient is column by column; elsewhere the plain dot_general
+    (no custom VJP in the program). A whole MLP's loss gradients agree between the two."""
+    model = models.get_model(model_config(widths=(32, 16)), 3)
+    x = jax.random.normal(jax.random.PRNGKey(0), (40, 5))
+    y = jax.random.normal(jax.random.PRNGKey(1), (40, 3))
+    params = model.init(jax.random.PRNGKey(2), x)["params"]
+    loss = lambda p: jnp.mean(jnp.square(model.apply({"params": p}, x)[0] - y))  # noqa: E731
+    plain = jax.jit(jax.grad(loss))(params)  # traced before the switch: the process's backend
+    monkeypatch.setattr(models, "cpu_rewrites", lambda: cpu)
+    assert ("custom_vjp" in str(jax.make_jaxpr(loss)(params))) == cpu
+    grad = jax.grad(lambda p: loss(p))  # a new function: traced again under the switch
+    for got, want in zip(jax.tree.leaves(jax.jit(grad)(params)), jax.tree.leaves(plain)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("norm", ["batch"])

@@ -180,6 +180,19 @@ def test_shuffled_indices_is_a_seeded_permutation(n):
         assert abs(np.corrcoef(p, np.arange(n))[0, 1]) < 0.1
 
 
+@pytest.mark.parametrize("cpu", [True, False])
+def test_shuffle_follows_the_backend(monkeypatch, cpu):
+    """The packed sort on the CPU, `jax.random.permutation` elsewhere: both seeded permutations."""
+    from nrc_jax import models
+
+    monkeypatch.setattr(models, "cpu_rewrites", lambda: cpu)
+    key, n = jax.random.PRNGKey(7), 1000
+    got = np.asarray(jax.jit(lambda k: train.shuffled_indices(k, n))(key))
+    want = train.packed_shuffle(key, n) if cpu else jax.random.permutation(key, n)
+    np.testing.assert_array_equal(got, np.asarray(want))
+    assert got.dtype == np.int32 and sorted(got.tolist()) == list(range(n))
+
+
 def test_shuffled_indices_is_uniform_over_small_permutations():
     # 24,000 permutations of 4 items: each of the 24 orders ~1,000 times (chi-square, 23 dof,
     # 0.1% quantile 49.7), and every item equally likely in every position.
