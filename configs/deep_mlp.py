@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mlp
+from nrc_jax.config_files import sibling
+
+mlp = sibling(__file__, "mlp")  # configs/mlp.py beside this file, from any working directory
 
 SETS = ("swimmer", "reacher", "hopper")
 DEPTH, WIDTH = 8, 512

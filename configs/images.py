@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mlp
+from nrc_jax.config_files import sibling
+
+mlp = sibling(__file__, "mlp")  # configs/mlp.py beside this file, from any working directory
 
 SETS = {  # name: (arch, stem, image_size, epochs, weight decay, targets)
     "synthetic_images": ("resnet18", "cifar", 32, 30, 5e-4, "x_y_size"),

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import mlp
+from nrc_jax.config_files import sibling
+
+mlp = sibling(__file__, "mlp")  # configs/mlp.py beside this file, from any working directory
 
 PAPER = {  # data set: (epochs, weight decay, seed sweep for the weight-decay figure)
     "swimmer": (1_000_000, 1e-2, (1e-2, 5e-3, 5e-4, 5e-5, 0.0)),

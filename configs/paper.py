@@ -55,7 +55,10 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import images, mujoco
+from nrc_jax.config_files import sibling
+
+images = sibling(__file__, "images")  # configs/images.py beside this file, from any working directory
+mujoco = sibling(__file__, "mujoco")
 
 MUJOCO_SETS = ("swimmer", "reacher", "hopper")
 SEEDS = (0, 1, 2)

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import deep_mlp
+from nrc_jax.config_files import sibling
+
+deep_mlp = sibling(__file__, "deep_mlp")  # configs/deep_mlp.py beside this file, from any working directory
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
