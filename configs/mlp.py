@@ -30,6 +30,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         "epochs": 1000,
         "batch_size": 256,
         "eval_every": 10,           # epochs between evaluations (one compiled call each)
+        "eval_log_points": 0,       # > 0: also this many log-spaced evaluation epochs in [1, epochs]
         "checkpoint_every": 100,    # epochs between checkpoints; a multiple of eval_every
         "max_to_keep": 3,
         "drop_last": False,         # False keeps the last partial minibatch, like the paper's DataLoader

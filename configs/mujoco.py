@@ -1,7 +1,9 @@
 """The paper's MuJoCo runs: `get_config('swimmer' | 'reacher' | 'hopper'[, 'quick'])`.
 
 The base is configs/mlp.py (3 x 256 ReLU MLP, head with bias, batch 256, SGD lr 1e-2 without
-momentum, loss 0.5*MSE + 0.5*wd*sum ||theta||^2); each data set sets the paper's epochs and weight
+momentum, loss 0.5*MSE + 0.5*wd*sum ||theta||^2) with the authors' recipe: the MSE of the loss
+averaged over the target dimensions too (optim.mse_reduction='mean', PyTorch's mse_loss) and
+PyTorch's default initialization (model.init='torch'); each data set sets the paper's epochs and weight
 decay (Swimmer 1e6 epochs / 1e-2, Reacher 1.5e6 / 1.5e-3, Hopper 2e5 / 1e-2), seeds 0, 1, 2 as a
 vmapped sweep, an evaluation every 1/1000 of the run and a checkpoint every 1/100.
 
@@ -40,6 +42,8 @@ def get_config(arg: str = "swimmer") -> ml_collections.ConfigDict:
     config = mlp.get_config()
     config.data.name = name
     config.optim.weight_decay = weight_decay
+    config.optim.mse_reduction = "mean"
+    config.model.init = "torch"
     config.train.epochs = epochs
     config.train.eval_every = epochs // 1000
     config.train.checkpoint_every = epochs // 100

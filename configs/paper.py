@@ -1,6 +1,6 @@
 """Every experiment of the paper: `get_config('<experiment>[,quick]')`.
 
-Experiments (full scale = the paper's settings, ../shared/docs/nrc-spec.md):
+Experiments (full scale = the paper's settings, docs/nrc.md):
   fig2_<set>       Figures 2-4 (train/test MSE, R2, NRC1-3 vs epoch; EVR of the top 5 PCs; final
                    NRC3 vs gamma/lambda_min) at the paper's weight decay, seeds 0, 1, 2 as one sweep.
                    <set>: swimmer, reacher, hopper (3 x 256 MLP), carla1d, carla2d (ResNet18),
@@ -88,28 +88,66 @@ def experiment_names() -> tuple[str, ...]:
             + tuple(f"fig6_ufm_{s}" for s in MUJOCO_SETS) + ("table1",))
 
 
+# Options after the experiment name (`fig2_swimmer,tenth,seed0`), besides `quick`.
+LENGTHS = {"tenth": 10, "hundredth": 100, "thousandth": 1000}  # epochs divided by this
+OPTIONS = ("quick", *LENGTHS, "seed0", "with_zero")
+EVAL_LOG_POINTS = 200  # log-spaced evaluations added to the paper-setting runs' regular ones
+
+
 def get_config(arg: str = "fig2_swimmer") -> ml_collections.ConfigDict:
-    """`arg`: an experiment from `experiment_names()`, optionally followed by ',quick'."""
+    """`arg`: an experiment from `experiment_names()`, then options separated by commas:
+    quick (the CPU-sized run of the module docstring), tenth / hundredth / thousandth (the paper's
+    settings at that fraction of its epochs), seed0 (seed 0 only), with_zero (Figure 2 runs: also
+    weight decay 0, in the same vmapped program)."""
     name, *options = [a for a in arg.split(",") if a] or [""]
-    if name not in experiment_names() or set(options) - {"quick"}:
+    if name not in experiment_names() or set(options) - set(OPTIONS):
         raise ValueError(f"configs/paper.py: argument {arg!r}; use one of {list(experiment_names())} "
-                         "[+ ',quick']")
+                         f"[+ ',option' for options in {OPTIONS}]")
     quick = "quick" in options
     if name == "table1":
         return table1_config(quick)
     kind, dataset = name.split("_", 1) if not name.startswith("fig5_wd_") else ("fig5", name[len("fig5_wd_"):])
     if name.startswith("fig6_ufm_"):
-        return ufm_sweep_config(name[len("fig6_ufm_"):], quick)
-    config = base_config(dataset, quick)
+        config = ufm_sweep_config(name[len("fig6_ufm_"):], quick)
+    else:
+        config = base_config(dataset, quick)
     if kind == "fig5":
         config.sweep.weight_decay = (WD_SWEEPS[dataset][0], 0.0) if quick else WD_SWEEPS[dataset]
+    elif kind == "fig2" and "with_zero" in options:
+        config.sweep.weight_decay = (config.optim.weight_decay, 0.0)
+    for option in options:
+        if option in LENGTHS:
+            shorten(config, LENGTHS[option])
+    if "seed0" in options:
+        keep_seed_zero(config)
     return config
+
+
+def shorten(config: ml_collections.ConfigDict, factor: int) -> None:
+    """The same run at 1/factor of its epochs, with 1,000 regular (+ log-spaced) evaluations."""
+    epochs = max(config.train.epochs // factor, 1)
+    every = max(epochs // 1000, 1)
+    config.train.update(epochs=epochs, eval_every=every, checkpoint_every=every * max(epochs // every // 50, 1),
+                        eval_log_points=EVAL_LOG_POINTS)
+
+
+def keep_seed_zero(config: ml_collections.ConfigDict) -> None:
+    """Seed 0 only; in a zip sweep (the UFM runs) the members of the other seeds are dropped."""
+    sweep = config.sweep
+    if sweep.mode != "zip" or not sweep.seed:
+        sweep.seed = ()
+        return
+    keep = [i for i, seed in enumerate(sweep.seed) if seed == 0]
+    for field in ("seed", "lr", "weight_decay", "lambda_h", "lambda_w"):
+        if len(sweep[field]):
+            sweep[field] = tuple(sweep[field][i] for i in keep)
 
 
 def base_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
     """The Figure 2 run of `dataset`: the paper's settings, seeds 0, 1, 2 (one seed when quick)."""
     if dataset in MUJOCO_SETS:
         config = mujoco.get_config(dataset)
+        config.train.eval_log_points = EVAL_LOG_POINTS
         if quick:
             epochs, train_size = QUICK_MUJOCO[dataset]
             config.data.train_size = train_size
@@ -121,6 +159,8 @@ def base_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
     base, targets = IMAGE_SETS[dataset]
     config = images.get_config(base)
     config.data.targets = targets
+    config.optim.mse_reduction = "mean"  # the authors' PyTorch mse_loss
+    config.model.init = "torch"  # nn.Conv2d/nn.Linear defaults (torchvision's ResNet re-draws its convs)
     config.sweep.seed = SEEDS
     if quick:
         config.data.update(image_size=16, train_size=256, test_size=64)
@@ -144,7 +184,8 @@ def ufm_sweep_config(dataset: str, quick: bool) -> ml_collections.ConfigDict:
         config.train.update(epochs=QUICK_UFM_EPOCHS, eval_every=QUICK_UFM_EPOCHS // 20,
                             checkpoint_every=QUICK_UFM_EPOCHS // 5)
     else:
-        config.train.update(epochs=UFM_EPOCHS, eval_every=UFM_EPOCHS // 1000, checkpoint_every=UFM_EPOCHS // 100)
+        config.train.update(epochs=UFM_EPOCHS, eval_every=UFM_EPOCHS // 1000, checkpoint_every=UFM_EPOCHS // 100,
+                            eval_log_points=EVAL_LOG_POINTS)
     return config
 
 

@@ -1,4 +1,4 @@
-"""Neural Regression Collapse metrics in pure jax.numpy (the math is docs/nrc-spec.md).
+"""Neural Regression Collapse metrics in pure jax.numpy (the math is docs/nrc.md).
 
 Rows are samples: features `H` (M, d), head weights `W` (n, d), targets `Y` (M, n), predictions
 `H @ W.T + b` (M, n). Every function is jittable and works in float32 and float64.
@@ -9,6 +9,10 @@ NRC1/NRC2 variants (keyword `variant`):
 - "centered": as "paper" with `ht_i = (h_i - hbar) / ||h_i - hbar||`.
 - "variance": Deep NRC's `1 - tr(V^T S_h V) / tr(S_h)`, `S_h` the centered covariance of raw H.
 - "unnormalized": the first code release, `(1/M) sum_i ||h_i - P h_i||^2` on raw (uncentered) h.
+- "unnormalized_md": the same divided by d as well (the authors' long runs).
+Residuals are summed from the vectors `x - P x` themselves where rows are in memory, so float32
+resolves them down to ~1e-10; the streamed FeatureStats path takes trace differences (floor in
+docs/nrc.md).
 `P` is the projector onto the top-n principal directions of H (eigenvectors of the centered
 covariance of raw H) for NRC1, and onto the row space of W for NRC2.
 
@@ -29,8 +33,9 @@ exact; `metrics_from_stats` turns them into every metric above. The "centered" n
 needs hbar before normalizing, so it takes a second pass: `centered_feature_stats(features, mean)`.
 Where every row is in memory (the trainer's evaluation), `metrics_from_features` gives the same dict
 with one d x d product instead of three; `regression_metrics` gives MSE and R2 alone.
-Sums are accumulated in the input dtype: in float32 the centered covariance `sum_hh/M - hbar hbar^T`
-loses digits when |hbar| >> the feature spread; use float64 inputs where that matters.
+FeatureStats sums are accumulated in the input dtype: in float32 their centered covariance
+`sum_hh/M - hbar hbar^T` loses digits when |hbar| >> the feature spread; the in-memory paths center
+the rows first.
 """
 from __future__ import annotations
 
@@ -43,7 +48,7 @@ import numpy as np
 
 from nrc_jax.errors import ConfigError, DataError
 
-VARIANTS = ("paper", "centered", "variance", "unnormalized")
+VARIANTS = ("paper", "centered", "variance", "unnormalized", "unnormalized_md")
 Array = jax.Array
 ArrayLike = Any
 
@@ -180,22 +185,29 @@ def _captured(moment: Array, basis: Array, keep: Array | None = None) -> Array:
 
 
 class _Gram(NamedTuple):
-    """A second moment held as the (d, d) sum of x x^T over rows (mergeable over batches/hosts)."""
+    """A second moment held as the (d, d) sum of x x^T over rows (mergeable over batches/hosts).
+
+    Its residual outside a subspace is tr(M) - tr(P M): a difference of two sums, so float rounding
+    leaves a floor of about eps * tr(M) (float32: ~1e-7 relative); docs/nrc.md states it.
+    """
 
     sum_xx: Array
 
     def total(self) -> Array:
         return jnp.trace(self.sum_xx)
 
-    def captured(self, basis: Array, keep: Array | None = None) -> Array:
-        return _captured(self.sum_xx, basis, keep)
+    def gram(self) -> Array:
+        return self.sum_xx
+
+    def residual(self, basis: Array, keep: Array | None = None) -> Array:
+        return jnp.maximum(self.total() - _captured(self.sum_xx, basis, keep), 0.0)
 
 
 class _Rows(NamedTuple):
     """The same moment held as the rows x (M, d) themselves, dropped rows zero.
 
-    Every metric only needs a moment's trace and its projection on n <= 5 directions, which costs
-    M*d*n from the rows instead of the M*d^2 of forming the Gram matrix.
+    The residual is summed from the residual vectors x - P x themselves, so it keeps its relative
+    precision however small it is (no cancellation against the captured part); it costs M*d*n.
     """
 
     rows: Array
@@ -203,27 +215,19 @@ class _Rows(NamedTuple):
     def total(self) -> Array:
         return jnp.sum(jnp.square(self.rows))
 
-    def captured(self, basis: Array, keep: Array | None = None) -> Array:
-        per_direction = jnp.sum(jnp.square(_dot(self.rows, basis)), axis=0)
+    def gram(self) -> Array:
+        return _dot(self.rows.T, self.rows)
+
+    def residual(self, basis: Array, keep: Array | None = None) -> Array:
+        coords = _dot(self.rows, basis)
         if keep is not None:
-            per_direction = per_direction * keep
-        return jnp.sum(per_direction)
+            coords = coords * keep[None, :]
+        return jnp.sum(jnp.square(self.rows - _dot(coords, basis.T)))
 
 
 def _residual_share(moment: _Gram | _Rows, basis: Array, keep: Array | None = None) -> Array:
-    """1 - tr(P M)/tr(M), clipped at 0 against rounding (it is >= 0 exactly)."""
-    total = moment.total()
-    return jnp.maximum(total - moment.captured(basis, keep), 0.0) / total
-
-
-def _residual_fraction(moment: Array, basis: Array, keep: Array | None = None) -> Array:
-    """`_residual_share` of a (d, d) moment matrix."""
-    return _residual_share(_Gram(moment), basis, keep)
-
-
-def _residual_mean(moment_sum: Array, count: Array, basis: Array, keep: Array | None = None) -> Array:
-    """(tr(M) - tr(P M)) / count: the mean squared residual of the rows summed into M."""
-    return jnp.maximum(jnp.trace(moment_sum) - _captured(moment_sum, basis, keep), 0.0) / count
+    """||x - P x||^2 summed over rows / sum ||x||^2 (for unit rows: the mean residual)."""
+    return moment.residual(basis, keep) / moment.total()
 
 
 def _unit(m: Array) -> Array:
@@ -295,20 +299,21 @@ def pca_basis_init(d: int, n: int, *, evr_k: int = 5, key: Array | None = None,
 
 # ----------------------------------------------------------------------------- array metrics
 def _centered_covariance(h: Array) -> Array:
+    """(1/M) (H - hbar)^T (H - hbar), centered before the product (two passes: exact for any mean)."""
     centered = h - jnp.mean(h, axis=0, keepdims=True)
     return _dot(centered.T, centered) / h.shape[0]
 
 
 def _variant_nrc(h: Array, basis: Array, keep: Array | None, variant: str) -> Array:
+    centered = h - jnp.mean(h, axis=0, keepdims=True)
     if variant == "paper":
-        hn = _normalize_rows(h)
-        return _residual_fraction(_dot(hn.T, hn), basis, keep)
+        return _residual_share(_Rows(_normalize_rows(h)), basis, keep)
     if variant == "centered":
-        hn = _normalize_rows(h - jnp.mean(h, axis=0, keepdims=True))
-        return _residual_fraction(_dot(hn.T, hn), basis, keep)
+        return _residual_share(_Rows(_normalize_rows(centered)), basis, keep)
     if variant == "variance":
-        return _residual_fraction(_centered_covariance(h), basis, keep)
-    return _residual_mean(_dot(h.T, h), jnp.asarray(h.shape[0], h.dtype), basis, keep)
+        return _residual_share(_Rows(centered), basis, keep)
+    per_row = _Rows(h).residual(basis, keep) / h.shape[0]
+    return per_row / h.shape[1] if variant == "unnormalized_md" else per_row
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
@@ -595,16 +600,16 @@ def _target_moments(y: Array, p: Array, mask: Array | None) -> _Moments:
 
 
 def _first_moments(h: Array, y: Array, p: Array, mask: Array | None) -> tuple[_Moments, Array]:
-    """The `_Moments` of the rows `mask` keeps, and h with the dropped rows zeroed."""
+    """The `_Moments` of the rows `mask` keeps (sum_hh left None), and h with the dropped rows zeroed."""
     h = _masked(h, mask)
-    return _target_moments(y, p, mask)._replace(sum_h=jnp.sum(h, axis=0), sum_hh=_dot(h.T, h)), h
+    return _target_moments(y, p, mask)._replace(sum_h=jnp.sum(h, axis=0)), h
 
 
 @jax.jit
 def _feature_stats_impl(h: Array, y: Array, p: Array, mask: Array | None) -> FeatureStats:
     m, h = _first_moments(h, y, p, mask)
     hn = _normalize_rows(h)
-    return FeatureStats(count=m.count, sum_h=m.sum_h, sum_hh=m.sum_hh, sum_hn_hn=_dot(hn.T, hn),
+    return FeatureStats(count=m.count, sum_h=m.sum_h, sum_hh=_dot(h.T, h), sum_hn_hn=_dot(hn.T, hn),
                         sum_y=m.sum_y, sum_yy=m.sum_yy, sum_hy=_dot(h.T, _masked(y, mask)),
                         sum_res=m.sum_res, sum_res_sq=m.sum_res_sq)
 
@@ -733,9 +738,11 @@ def metrics_from_stats(stats: FeatureStats, weights: ArrayLike, *, sigma: ArrayL
 
 @functools.partial(jax.jit, static_argnums=(6, 7, 8, 9))
 def _metrics_from_stats_impl(stats, centered, w, sigma, gamma, pca_init, k, pca_iters, gamma_num, n):
-    centered = None if centered is None else _Gram(centered.sum_hcn_hcn)
-    return _metrics_impl(_moments_of(stats), _Gram(stats.sum_hn_hn), centered, w, sigma, gamma, pca_init,
-                         n, k, pca_iters, gamma_num)
+    features = _Features(raw=_Gram(stats.sum_hh),
+                         centered_raw=_Gram(_symmetrize(stats.sum_hh - jnp.outer(stats.sum_h, stats.sum_h) / stats.count)),
+                         normalized=_Gram(stats.sum_hn_hn),
+                         centered=None if centered is None else _Gram(centered.sum_hcn_hcn))
+    return _metrics_impl(_moments_of(stats), features, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num)
 
 
 def metrics_from_features(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
@@ -771,11 +778,11 @@ def metrics_from_features(features: ArrayLike, targets: ArrayLike, predictions: 
 def _metrics_from_features_impl(h, y, p, mask, w, sigma, gamma, pca_init, k, pca_iters, gamma_num, n,
                                 with_centered):
     moments, h = _first_moments(h, y, p, mask)
-    normalized = _Rows(_normalize_rows(h))  # dropped rows are zero and stay zero
-    centered = None
-    if with_centered:
-        centered = _Rows(_masked(_normalize_rows(h - (moments.sum_h / moments.count)[None, :]), mask))
-    return _metrics_impl(moments, normalized, centered, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num)
+    centered_raw = _masked(h - (moments.sum_h / moments.count)[None, :], mask)
+    features = _Features(raw=_Rows(h), centered_raw=_Rows(centered_raw),
+                         normalized=_Rows(_normalize_rows(h)),  # dropped rows are zero and stay zero
+                         centered=_Rows(_normalize_rows(centered_raw)) if with_centered else None)
+    return _metrics_impl(moments, features, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num)
 
 
 def _regression_metrics(m: _Moments) -> dict[str, Array]:
@@ -805,10 +812,20 @@ def _regression_metrics_impl(y: Array, p: Array, mask: Array | None) -> dict[str
     return _regression_metrics(_target_moments(y, p, mask))
 
 
-def _metrics_impl(m: _Moments, normalized: _Gram | _Rows, centered: _Gram | _Rows | None, w, sigma, gamma,
-                  pca_init, n, k, pca_iters, gamma_num):
+class _Features(NamedTuple):
+    """The four moments of H the metrics read, each a _Rows (rows in memory: residuals summed
+    directly) or a _Gram (merged sums: residuals as trace differences)."""
+
+    raw: _Gram | _Rows           # h: h_norm_sq, the unnormalized variants
+    centered_raw: _Gram | _Rows  # h - hbar: the PCA covariance, EVR, the variance variant
+    normalized: _Gram | _Rows    # h/||h||: the paper's NRC1/NRC2
+    centered: _Gram | _Rows | None  # (h - hbar)/||h - hbar||: the centered variant
+
+
+def _metrics_impl(m: _Moments, f: _Features, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num):
     count = m.count
-    cov = _stats_covariance(m.sum_hh, m.sum_h, count)
+    d = w.shape[1]
+    cov = _symmetrize(f.centered_raw.gram()) / count
     if pca_init is None:
         pca_values, pca_vectors = _top_eigh(cov, max(n, k))
     else:
@@ -818,15 +835,17 @@ def _metrics_impl(m: _Moments, normalized: _Gram | _Rows, centered: _Gram | _Row
 
     out = _regression_metrics(m)
     for name, basis, kept in (("nrc1", pca, None), ("nrc2", row_space, keep)):
-        out[name] = _residual_share(normalized, basis, kept)
-        out[f"{name}_variance"] = _residual_fraction(cov, basis, kept)
-        out[f"{name}_unnormalized"] = _residual_mean(m.sum_hh, count, basis, kept)
-        if centered is not None:
-            out[f"{name}_centered"] = _residual_share(centered, basis, kept)
+        out[name] = _residual_share(f.normalized, basis, kept)
+        out[f"{name}_variance"] = _residual_share(f.centered_raw, basis, kept)
+        out[f"{name}_unnormalized"] = f.raw.residual(basis, kept) / count
+        out[f"{name}_unnormalized_md"] = out[f"{name}_unnormalized"] / d
+        if f.centered is not None:
+            out[f"{name}_centered"] = _residual_share(f.centered, basis, kept)
+    out["nrc2_w_pca"] = _Rows(w).residual(pca) ** 0.5
     out["evr"] = pca_values[:k] / jnp.trace(cov)
     out["wwt"] = _dot(w, w.T)
     out["w_norm"] = jnp.linalg.norm(w)
-    out["h_norm_sq"] = jnp.trace(m.sum_hh) / count
+    out["h_norm_sq"] = f.raw.total() / count
     if sigma is None:
         sigma = _stats_covariance(m.sum_yy, m.sum_y, count)
     if gamma is None:

@@ -5,6 +5,11 @@ Every model maps inputs (B, ...) to `(predictions (B, n), features (B, d), hidde
 `hidden` is a list of (B, d_i) per-layer features (for CNNs: each stage's output, globally
 average-pooled), the last entry being `features`. `head_params(params)` returns (W, b).
 
+Initialization (`init`): "flax" (Flax's defaults: lecun-normal kernels, zero biases) or "torch"
+(PyTorch's `nn.Linear`/`nn.Conv2d` defaults, the authors' code: kernels and biases uniform in
++-1/sqrt(fan_in), fan_in = inputs x kernel area). Normalization layers start at scale 1, offset 0
+either way.
+
 Normalization in the ResNets (`norm`): "batch" (BatchNorm, running statistics in the
 `batch_stats` collection, used at evaluation), "group" (GroupNorm, 32 groups or fewer) or "none".
 Under data parallelism BatchNorm sees the whole global batch (XLA reduces over the sharded axis).
@@ -25,6 +30,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
 }
 HEAD = "head"
+INITS = ("flax", "torch")
 
 
 # Dense layers with at most this many outputs (the regression heads: n <= 8 targets) get their
@@ -79,9 +85,40 @@ def narrow_dot_general(lhs: jax.Array, rhs: jax.Array, dimension_numbers, precis
                                preferred_element_type=preferred_element_type)
 
 
-def _head(out_dim: int, use_bias: bool) -> nn.Dense:
-    """The linear regression head, W = kernel.T (n, d); see `head_params`."""
-    return nn.Dense(out_dim, use_bias=use_bias, dot_general=narrow_dot_general, name=HEAD)
+def _uniform(bound: float) -> Callable:
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+def initializers(init: str, fan_in: int) -> dict[str, Callable]:
+    """`kernel_init`/`bias_init` keyword arguments of a Dense or Conv with `fan_in` inputs per output
+    (in_features, or in_channels * kernel area); {} for Flax's defaults."""
+    if init == "flax":
+        return {}
+    if init == "torch":
+        # variance 1/(3 fan_in) uniform = U(+-1/sqrt(fan_in)), PyTorch's kaiming_uniform(a=sqrt(5))
+        return {"kernel_init": nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+                "bias_init": _uniform(1.0 / fan_in**0.5)}
+    raise ConfigError(f"model.init={init!r}: allowed {INITS}")
+
+
+def _dense(features: int, x: jax.Array, init: str, name: str, **kwargs) -> jax.Array:
+    """nn.Dense(features) applied to x (B, fan_in) with the `init` scheme."""
+    return nn.Dense(features, name=name, **initializers(init, x.shape[-1]), **kwargs)(x)
+
+
+def _conv(features: int, kernel: tuple[int, int], strides: int, x: jax.Array, init: str, name: str,
+          use_bias: bool = True, padding: Any = "SAME") -> jax.Array:
+    """nn.Conv applied to x (B, H, W, C) with the `init` scheme."""
+    fan_in = x.shape[-1] * kernel[0] * kernel[1]
+    return nn.Conv(features, kernel, strides, padding=padding, use_bias=use_bias, name=name,
+                   **initializers(init, fan_in))(x)
+
+
+def _head(out_dim: int, use_bias: bool, h: jax.Array, init: str) -> jax.Array:
+    """The linear regression head applied to the features h (B, d), W = kernel.T (n, d)."""
+    return _dense(out_dim, h, init, HEAD, use_bias=use_bias, dot_general=narrow_dot_general)
 
 
 def _activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -100,6 +137,7 @@ class MLP(nn.Module):
       feature_activation: apply the activation to the last hidden layer (the features). False is the
         UFM-regularized setting of the paper (the ReLU before the features removed).
       head_bias: whether the head has a bias b.
+      init_scheme: "flax" or "torch" (model.init; module docstring).
     """
 
     widths: Sequence[int]
@@ -107,6 +145,7 @@ class MLP(nn.Module):
     activation: str = "relu"
     feature_activation: bool = True
     head_bias: bool = True
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
@@ -114,11 +153,11 @@ class MLP(nn.Module):
         h = x.reshape(x.shape[0], -1)
         hidden = []
         for i, width in enumerate(self.widths):
-            h = nn.Dense(width, name=f"dense_{i}")(h)
+            h = _dense(width, h, self.init_scheme, f"dense_{i}")
             if i < len(self.widths) - 1 or self.feature_activation:
                 h = act(h)
             hidden.append(h)
-        prediction = _head(self.out_dim, self.head_bias)(h)
+        prediction = _head(self.out_dim, self.head_bias, h, self.init_scheme)
         return prediction, h, hidden
 
 
@@ -139,16 +178,17 @@ class BasicBlock(nn.Module):
     strides: int
     norm: str
     activation: str
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         act = _activation(self.activation)
-        y = nn.Conv(self.channels, (3, 3), self.strides, padding=1, use_bias=False, name="conv1")(x)
+        y = _conv(self.channels, (3, 3), self.strides, x, self.init_scheme, "conv1", use_bias=False, padding=1)
         y = act(_norm_layer(self.norm, train, "norm1")(y))
-        y = nn.Conv(self.channels, (3, 3), 1, padding=1, use_bias=False, name="conv2")(y)
+        y = _conv(self.channels, (3, 3), 1, y, self.init_scheme, "conv2", use_bias=False, padding=1)
         y = _norm_layer(self.norm, train, "norm2")(y)
         if x.shape[-1] != self.channels or self.strides != 1:
-            x = nn.Conv(self.channels, (1, 1), self.strides, use_bias=False, name="shortcut")(x)
+            x = _conv(self.channels, (1, 1), self.strides, x, self.init_scheme, "shortcut", use_bias=False)
             x = _norm_layer(self.norm, train, "norm_shortcut")(x)
         return act(x + y)
 
@@ -174,16 +214,17 @@ class ResNet(nn.Module):
     activation: str = "relu"
     feature_activation: bool = True
     head_bias: bool = True
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         act = _activation(self.activation)
         if self.stem == "imagenet":
-            x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, name="stem_conv")(x)
+            x = _conv(self.width, (7, 7), 2, x, self.init_scheme, "stem_conv", use_bias=False, padding=3)
             x = act(_norm_layer(self.norm, train, "stem_norm")(x))
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
         elif self.stem == "cifar":
-            x = nn.Conv(self.width, (3, 3), 1, padding=1, use_bias=False, name="stem_conv")(x)
+            x = _conv(self.width, (3, 3), 1, x, self.init_scheme, "stem_conv", use_bias=False, padding=1)
             x = act(_norm_layer(self.norm, train, "stem_norm")(x))
         else:
             raise ConfigError(f"model.stem={self.stem!r}: allowed 'imagenet', 'cifar'")
@@ -191,16 +232,16 @@ class ResNet(nn.Module):
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):
                 strides = 2 if i > 0 and j == 0 else 1
-                x = BasicBlock(self.width * 2**i, strides, self.norm, self.activation,
+                x = BasicBlock(self.width * 2**i, strides, self.norm, self.activation, self.init_scheme,
                                name=f"stage{i}_block{j}")(x, train)
             hidden.append(jnp.mean(x, axis=(1, 2)))
         h = hidden[-1]
         if self.feature_dim:
-            h = nn.Dense(self.feature_dim, name="feature_dense")(h)
+            h = _dense(self.feature_dim, h, self.init_scheme, "feature_dense")
             if self.feature_activation:
                 h = act(h)
             hidden.append(h)
-        prediction = _head(self.out_dim, self.head_bias)(h)
+        prediction = _head(self.out_dim, self.head_bias, h, self.init_scheme)
         return prediction, h, hidden
 
 
@@ -213,19 +254,20 @@ class SmallCNN(nn.Module):
     activation: str = "relu"
     feature_activation: bool = True
     head_bias: bool = True
+    init_scheme: str = "flax"
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False):
         act = _activation(self.activation)
         hidden = []
         for i, c in enumerate(self.channels):
-            x = act(nn.Conv(c, (3, 3), 2, padding=1, name=f"conv_{i}")(x))
+            x = act(_conv(c, (3, 3), 2, x, self.init_scheme, f"conv_{i}", padding=1))
             hidden.append(jnp.mean(x, axis=(1, 2)))
-        h = nn.Dense(self.feature_dim, name="feature_dense")(jnp.mean(x, axis=(1, 2)))
+        h = _dense(self.feature_dim, jnp.mean(x, axis=(1, 2)), self.init_scheme, "feature_dense")
         if self.feature_activation:
             h = act(h)
         hidden.append(h)
-        prediction = _head(self.out_dim, self.head_bias)(h)
+        prediction = _head(self.out_dim, self.head_bias, h, self.init_scheme)
         return prediction, h, hidden
 
 
@@ -235,8 +277,10 @@ ARCHS = ("mlp", "resnet18", "resnet34", "small_cnn")
 def get_model(model_config: ml_collections.ConfigDict, out_dim: int) -> nn.Module:
     """Builds the model named by `model_config.arch` (one of ARCHS) with n = `out_dim` outputs."""
     c = model_config
+    if c.init not in INITS:
+        raise ConfigError(f"model.init={c.init!r}: allowed {INITS}")
     common = dict(out_dim=out_dim, activation=c.activation, feature_activation=c.feature_activation,
-                  head_bias=c.head_bias)
+                  head_bias=c.head_bias, init_scheme=c.init)
     if c.arch == "mlp":
         return MLP(widths=tuple(c.widths), **common)
     if c.arch in ("resnet18", "resnet34"):
@@ -256,6 +300,7 @@ def default_model_config() -> ml_collections.ConfigDict:
         "activation": "relu",
         "feature_activation": True,    # False: UFM-regularized networks (no ReLU before features)
         "head_bias": True,
+        "init": "flax",                # flax (lecun-normal, zero bias) | torch (PyTorch defaults, the authors' code)
         "width": 64,                   # resnet: first-stage channels
         "feature_dim": 0,              # resnet: 0 = pooled last stage; small_cnn: 0 = 64
         "norm": "batch",               # resnet: batch | group | none
@@ -276,5 +321,5 @@ def has_batch_norm(model_config: ml_collections.ConfigDict) -> bool:
     return model_config.arch in ("resnet18", "resnet34") and model_config.norm == "batch"
 
 
-__all__ = ["MLP", "ResNet", "SmallCNN", "BasicBlock", "ARCHS", "get_model", "default_model_config",
-           "head_params", "has_batch_norm", "cpu_rewrites", "narrow_dot_general"]
+__all__ = ["MLP", "ResNet", "SmallCNN", "BasicBlock", "ARCHS", "INITS", "initializers", "get_model",
+           "default_model_config", "head_params", "has_batch_norm", "cpu_rewrites", "narrow_dot_general"]

@@ -1,7 +1,11 @@
 """Losses, optimizers and learning-rate schedules of the NRC study (pure functions).
 
 Loss of one minibatch (rows are samples, `mask` marks real rows, padding rows count nowhere):
-  MSE  = (1/B) sum_i ||yhat_i - y_i||^2          (summed over the n target dims, as in the spec)
+  MSE  = (1/B) sum_i ||yhat_i - y_i||^2          mse_reduction "sum": summed over the n target dims
+                                                 (the UFM theory's 1/(2M)||HW^T + b - Y||_F^2)
+       = (1/(B n)) sum_i ||yhat_i - y_i||^2      mse_reduction "mean": averaged over the target dims
+                                                 too (PyTorch's mse_loss, the authors' code)
+  With plain SGD, "mean" at (lr, wd) takes the same steps as "sum" at (lr/n, n*wd).
   regularizer "weight_decay", decay_mode "l2" (the paper):  0.5*MSE + 0.5*wd*sum ||theta||^2 over ALL
       parameters, biases included; decay_mode "decoupled": 0.5*MSE, and the update adds wd*theta
       to the optimizer direction before the learning rate scales it (optax.adamw / SGDW form).
@@ -27,6 +31,7 @@ from nrc_jax.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step")
 REGULARIZERS = ("weight_decay", "ufm")
+MSE_REDUCTIONS = ("sum", "mean")
 DECAY_MODES = ("l2", "decoupled")
 
 
@@ -47,6 +52,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
         "momentum": 0.0,                # sgd (PyTorch semantics: buf = m*buf + g)
         "nesterov": False,
         "b1": 0.9, "b2": 0.999, "eps": 1e-8,  # adam
+        "mse_reduction": "sum",         # sum: over target dims (the UFM theory) | mean: also over dims (the authors' code)
         "regularizer": "weight_decay",  # weight_decay | ufm
         "weight_decay": 1e-2,           # lambda_WD
         "decay_mode": "l2",             # l2 (in the loss, the paper) | decoupled
@@ -62,7 +68,8 @@ def check_optim_config(c: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for names this module does not know and contradictory regularizers."""
     for field, value, allowed in (("name", c.name, OPTIMIZERS), ("schedule", c.schedule, SCHEDULES),
                                   ("regularizer", c.regularizer, REGULARIZERS),
-                                  ("decay_mode", c.decay_mode, DECAY_MODES)):
+                                  ("decay_mode", c.decay_mode, DECAY_MODES),
+                                  ("mse_reduction", c.mse_reduction, MSE_REDUCTIONS)):
         if value not in allowed:
             raise ConfigError(f"optim.{field}={value!r}: allowed {allowed}")
     if c.regularizer == "weight_decay" and (c.lambda_h or c.lambda_w):
@@ -76,6 +83,21 @@ def check_optim_config(c: ml_collections.ConfigDict) -> None:
 def sum_of_squares(tree: Any) -> jax.Array:
     """sum ||theta||^2 over every leaf (biases included)."""
     return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+
+
+def data_term(sum_sq_per_row: jax.Array, mask: jax.Array, target_dim: int,
+              c: ml_collections.ConfigDict) -> jax.Array:
+    """The MSE of the loss from the rows' squared errors summed over target dims (B,), `mask` (B,).
+
+    "sum": mean over the real rows; "mean": also divided by the `target_dim` n.
+    """
+    mse = masked_mean(sum_sq_per_row, mask)
+    return mse / target_dim if c.mse_reduction == "mean" else mse
+
+
+def loss_from_mse(mse: jax.Array, target_dim: int, c: ml_collections.ConfigDict) -> jax.Array:
+    """0.5 * the loss's data term given the spec's MSE (summed over target dims, mean over rows)."""
+    return 0.5 * (mse / target_dim if c.mse_reduction == "mean" else mse)
 
 
 def regularization(params: Any, head_w: jax.Array, feature_norm_sq: jax.Array, hp: HParams,
@@ -128,5 +150,6 @@ def apply_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any, p
 
 
 __all__ = ["HParams", "default_optim_config", "check_optim_config", "sum_of_squares", "regularization",
+           "data_term", "loss_from_mse", "MSE_REDUCTIONS",
            "masked_mean", "direction", "lr_factor", "apply_update", "OPTIMIZERS", "SCHEDULES",
            "REGULARIZERS", "DECAY_MODES"]

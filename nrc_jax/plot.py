@@ -6,6 +6,8 @@ Writes into DIR (stable names; `<dataset>` gains a `_ufm` suffix for UFM-regular
   <dataset>_training.png   Figure 2: train/test MSE, R², NRC1-3 against epoch, a line per sweep value
   <dataset>_evr.png        Figure 3: EVR of the top 5 PCs against epoch
   <dataset>_nrc3_gamma.png Figure 4: final NRC3 against γ/λmin with the best γ marked
+  <dataset>_metrics.png    with --metrics=a,b,...: those metrics.jsonl keys against epoch
+                           (every NRC definition: docs/nrc.md)
   sweep_<key>.png          Figures 5-9: final MSE and NRC1-3 against the swept value
   layers_<dataset>.png     per-layer heat maps (layer x epoch), when rows carry `layers`
   table1.md, index.md      Table 1 and the list of everything written (with skipped panels)
@@ -52,7 +54,8 @@ def index_markdown(entries: Sequence[tuple[str, str]], notes: Sequence[str], wor
 
 
 def plot_workdirs(workdirs: Sequence[str | pathlib.Path], out_dir: str | pathlib.Path, *, pdf: bool = False,
-                  table_datasets: Sequence[str] = (), dpi: int = DPI) -> list[pathlib.Path]:
+                  table_datasets: Sequence[str] = (), dpi: int = DPI,
+                  metrics: Sequence[str] = ()) -> list[pathlib.Path]:
     """Writes every figure, table1.md and index.md for the given workdirs; returns the written paths.
 
     Raises DataError (a UserError) naming the path of a missing workdir or metrics.jsonl.
@@ -83,6 +86,9 @@ def plot_workdirs(workdirs: Sequence[str | pathlib.Path], out_dir: str | pathlib
         emit(figures.nrc3_gamma_figure(g, colours, notes), f"{g.slug}_nrc3_gamma",
              f"{g.dataset}: final NRC3 against γ/λmin (Figure 4)")
         emit(figures.layers_figure(g, colours, notes), f"layers_{g.slug}", f"{g.dataset}: per-layer heat maps")
+        if metrics:
+            emit(figures.metrics_figure(g, metrics, colours, notes), f"{g.slug}_metrics",
+                 f"{g.title}: {', '.join(metrics)} against epoch")
     for key in sorted({k for g in groups for k in g.varied}):
         swept = [g for g in groups if key in g.varied and len(g.values) > 1]
         if swept:
@@ -106,6 +112,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", required=True, help="output folder for figures, table1.md and index.md")
     parser.add_argument("--pdf", action="store_true", help="also write a PDF of every figure")
     parser.add_argument("--dpi", type=int, default=DPI, help=f"PNG resolution (default {DPI})")
+    parser.add_argument("--metrics", default="", metavar="KEY,KEY",
+                        help="also plot these metrics.jsonl keys against epoch (e.g. nrc1,nrc1_unnormalized_md,nrc2_w_pca)")
     parser.add_argument("--table-from-data", nargs="+", default=[], metavar="NAME",
                         help="add Table 1 rows computed by loading these data sets (registry name or .npz path)")
     return parser.parse_args(argv)
@@ -115,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         paths = plot_workdirs(args.workdirs, args.out, pdf=args.pdf, table_datasets=args.table_from_data,
-                              dpi=args.dpi)
+                              dpi=args.dpi, metrics=[m for m in args.metrics.split(",") if m])
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

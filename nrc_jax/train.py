@@ -245,7 +245,7 @@ class Trainer:
 
     def _batch_loss(self, params, model_state, x, y, mask, hp):
         pred, h, _, new_model_state = self._forward(params, model_state, x, True)
-        mse = optim.masked_mean(jnp.sum(jnp.square(pred - y), axis=-1), mask)
+        mse = optim.data_term(jnp.sum(jnp.square(pred - y), axis=-1), mask, self.out_dim, self.config.optim)
         h_norm_sq = optim.masked_mean(jnp.sum(jnp.square(h), axis=-1), mask)
         w, _ = models.head_params(params)
         return 0.5 * mse + optim.regularization(params, w, h_norm_sq, hp, self.config.optim), new_model_state
@@ -303,7 +303,8 @@ class Trainer:
         if c.metrics.per_layer:
             out["layers"] = deep.per_layer_metrics(hidden, data.y_train, pred,
                                                    deep.layer_weights(state.params, c.model), data.mask_train)
-        out["loss"] = 0.5 * out["train_mse"] + optim.regularization(state.params, w, out["h_norm_sq"], hp, c.optim)
+        out["loss"] = (optim.loss_from_mse(out["train_mse"], self.out_dim, c.optim)
+                       + optim.regularization(state.params, w, out["h_norm_sq"], hp, c.optim))
         pred, _, _ = self._features(state.params, state.model_state, data.x_test, data.test_chunk)
         test = metrics.regression_metrics(data.y_test, pred, data.mask_test)
         out.update({f"test_{k}": v for k, v in test.items()})
@@ -349,9 +350,14 @@ def get_trainer(config: ml_collections.ConfigDict, mesh: Mesh, input_shape: tupl
 
 # --------------------------------------------------------------------- the driver
 def eval_epochs(start: int, config: ml_collections.ConfigDict) -> list[int]:
-    """The epochs after `start` at which the run evaluates: every eval_every, and the last."""
+    """The epochs after `start` at which the run evaluates: every eval_every, the last, and (with
+    train.eval_log_points = N > 0) N log-spaced epochs in [1, epochs], which resolve the early
+    epochs on the log-scaled axes collapse is plotted on."""
     total, every = config.train.epochs, config.train.eval_every
-    return sorted({e for e in range(every, total + 1, every) if e > start} | ({total} if total > start else set()))
+    epochs = set(range(every, total + 1, every)) | {total}
+    if config.train.eval_log_points:
+        epochs |= {int(e) for e in np.unique(np.round(np.geomspace(1, total, config.train.eval_log_points)))}
+    return sorted(e for e in epochs if e > start)
 
 
 # Non-finite values here mean the optimization blew up. (NRC metrics may be nan legitimately, e.g.
@@ -426,7 +432,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def collect(out: dict, previous: int, write: bool = True) -> list[dict]:
         """Waits for a dispatched chunk; writes its rows after checking them for divergence."""
-        rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
+        rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0,
+                                   gamma_searched=config.optim.regularizer != "ufm")
         check_finite(rows, previous, ckpt)
         if write:
             log.write(rows)
@@ -456,6 +463,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             rows = collect(out, start, write=False)
         summary = log.finish(head_weights(state), np.asarray(device_data.sigma), lambda_min,
                              ufm=config.optim.regularizer == "ufm")
+        if summary:  # the rows as written, with the final gamma's NRC3
+            rows = [m["final"] or row for m, row in zip(summary["members"], rows)]
     finally:
         ckpt.close()
         log.close()

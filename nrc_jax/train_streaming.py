@@ -157,7 +157,8 @@ class StreamingSteps:
             out = metrics.metrics_from_stats(st, w, sigma=sigma, gamma=gamma, evr_k=c.metrics.evr_k, centered=cs,
                                              pca_init=pca_init, pca_iters=max(c.metrics.pca_iters, 1))
             out = {("train_" + k if k in ("mse", "mse_per_dim", "r2", "r2_per_dim") else k): v for k, v in out.items()}
-            out["loss"] = 0.5 * out["train_mse"] + optim.regularization(s.params, w, out["h_norm_sq"], hp, c.optim)
+            out["loss"] = (optim.loss_from_mse(out["train_mse"], w.shape[0], c.optim)
+                           + optim.regularization(s.params, w, out["h_norm_sq"], hp, c.optim))
             test = metrics.metrics_from_stats(ts, w, sigma=sigma, gamma=jnp.zeros((), st.sum_h.dtype), evr_k=1)
             out.update({f"test_{k}": test[k] for k in ("mse", "mse_per_dim", "r2", "r2_per_dim")})
             out["epoch"] = s.epoch
@@ -294,7 +295,8 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
 
     def evaluate(state: train.TrainState, previous: int) -> tuple[train.TrainState, list[dict]]:
         state, out = run.evaluate(state)
-        rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0)
+        rows = writers.metric_rows(jax.device_get(out), members, lambda_min, time.time() - t0,
+                                   gamma_searched=config.optim.regularizer != "ufm")
         train.check_finite(rows, previous, ckpt)
         return state, rows
 
@@ -322,6 +324,8 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
             state, rows = evaluate(state, start)
         summary = log.finish(train.head_weights(state), np.asarray(jax.device_get(run.sigma)), lambda_min,
                              ufm=config.optim.regularizer == "ufm")
+        if summary:  # the rows as written, with the final gamma's NRC3
+            rows = [m["final"] or row for m, row in zip(summary["members"], rows)]
     finally:
         ckpt.close()
         log.close()

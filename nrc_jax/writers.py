@@ -87,12 +87,24 @@ def json_line(row: dict) -> str:
     return json.dumps(_nan_to_none(row), allow_nan=False) + "\n"
 
 
-def metric_rows(out: dict, members: list[dict], lambda_min: float, time_s: float) -> list[dict]:
-    """One row per sweep member from the host copy of `Trainer.evaluate`'s (K, ...) arrays."""
+# NRC3 with gamma searched at each evaluation's own weights; the spec's `nrc3` uses the gamma that is
+# best at the final weights for every epoch, so it is added to the rows when the run finishes.
+EPOCH_BEST_NRC3 = {"nrc3": "nrc3_epoch_best", "nrc3_gamma": "nrc3_epoch_best_gamma"}
+
+
+def metric_rows(out: dict, members: list[dict], lambda_min: float, time_s: float, *,
+                gamma_searched: bool = True) -> list[dict]:
+    """One row per sweep member from the host copy of `Trainer.evaluate`'s (K, ...) arrays.
+
+    gamma_searched: NRC3's gamma was searched per evaluation (weight-decay runs): its columns are
+      named nrc3_epoch_best*; False (UFM-regularized runs, gamma = lambda_H*lambda_W) keeps `nrc3`.
+    """
+    rename = EPOCH_BEST_NRC3 if gamma_searched else {}
     rows = []
     for k, member in enumerate(members):
         row = {"epoch": int(out["epoch"][k]), "sweep_index": k, "sweep": member["sweep"]}
-        row.update({key: _plain(v[k]) for key, v in sorted(out.items()) if key not in ("epoch", "pca_basis", "layers")})
+        row.update({rename.get(key, key): _plain(v[k]) for key, v in sorted(out.items())
+                    if key not in ("epoch", "pca_basis", "layers")})
         if "layers" in out:  # metrics.per_layer: [{"layer": i, "width": d_i, ...}, ...]
             row["layers"] = deep.layer_rows({key: v[k] for key, v in out["layers"].items()})
         row["lambda_min"] = lambda_min
@@ -209,8 +221,24 @@ class RunWriter:
         summary = {"members": [member_summary(k, weights[k], sigma, lambda_min, member,
                                               [r for r in rows if r["sweep_index"] == k], ufm=ufm)
                                for k, member in enumerate(self.members)]}
+        if not ufm:
+            self._add_final_gamma_nrc3(rows, summary["members"])
         write_json_atomic(os.path.join(self.workdir, SUMMARY_FILE), summary)
         return summary
+
+    def _add_final_gamma_nrc3(self, rows: list[dict], members: list[dict]) -> None:
+        """Rewrites metrics.jsonl with `nrc3` (and `nrc3_gamma`) at each member's final best gamma."""
+        at_final = {(m["sweep_index"], e): v for m in members for e, v in zip(m["epochs"], m["nrc3_over_epochs"])}
+        for row in rows:
+            row["nrc3"] = at_final.get((row["sweep_index"], row["epoch"]))
+            row["nrc3_gamma"] = members[row["sweep_index"]]["best_gamma"]
+        for m in members:
+            if m["final"] is not None:
+                m["final"] = next(r for r in reversed(rows) if r["sweep_index"] == m["sweep_index"])
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        _write_lines_atomic(os.path.join(self.workdir, METRICS_FILE), rows)
 
     def close(self) -> None:
         if self._file is not None:

@@ -37,7 +37,7 @@ def member_rows(sweep_index: int, sweep: dict, reg: float, seed: int, n: int, la
             "nrc1": float(nrc[t]), "nrc2": float(nrc[t] * 1.5),
             "nrc3": float(nrc[t] * 0.5) if n > 1 else None, "nrc3_gamma": 0.4 * lambda_min if n > 1 else None,
             "nrc1_centered": float(nrc[t]), "nrc1_variance": float(nrc[t]), "nrc1_unnormalized": float(nrc[t]),
-            "nrc2_variance": float(nrc[t]), "nrc2_unnormalized": float(nrc[t]),
+            "nrc2_variance": float(nrc[t]), "nrc2_unnormalized": float(nrc[t]), "nrc2_w_pca": float(nrc[t] * 2),
             "evr": evr.tolist(), "wwt": np.eye(n).tolist(), "w_norm": 1.0, "h_norm_sq": 2.0,
             "lambda_min": lambda_min, "time_s": 0.1 * t,
         }

@@ -1,4 +1,4 @@
-"""Independent float64 numpy implementation of the NRC spec (docs/nrc-spec.md), the test oracle.
+"""Independent float64 numpy implementation of the NRC spec (docs/nrc.md), the test oracle.
 
 Written directly from the per-sample definitions (explicit projectors, explicit per-row residuals),
 not from the sufficient-statistics formulas used by `nrc_jax.metrics`, so the two can be compared.
@@ -50,7 +50,7 @@ def _residual_nrc(features, projector: np.ndarray, variant: str) -> float:
         rows = _normalized_rows(h)
     elif variant == "centered":
         rows = _normalized_rows(h - h.mean(axis=0))
-    elif variant == "unnormalized":
+    elif variant in ("unnormalized", "unnormalized_md"):
         rows = h
     elif variant == "variance":
         covariance = _centered_covariance(h)
@@ -58,7 +58,15 @@ def _residual_nrc(features, projector: np.ndarray, variant: str) -> float:
     else:
         raise ValueError(variant)
     residual = rows - rows @ projector.T
-    return float(np.mean(np.sum(residual**2, axis=1)))
+    per_row = float(np.mean(np.sum(residual**2, axis=1)))
+    return per_row / h.shape[1] if variant == "unnormalized_md" else per_row
+
+
+def nrc2_w_pca(features, weights) -> float:
+    """The first code release's NRC2: ||W - W P_pca||_F (not squared), P_pca of the top n PCs."""
+    w = _f64(weights)
+    projector = _pca_projector(features, w.shape[0])
+    return float(np.linalg.norm(w - w @ projector))
 
 
 def nrc1(features, n: int, variant: str = "paper") -> float:

@@ -1,5 +1,5 @@
 """configs/paper.py: every experiment builds and validates, full variants carry the paper's settings
-(../shared/docs/nrc-spec.md), quick variants are small, and one quick config trains end to end."""
+(docs/nrc.md), quick variants are small, and one quick config trains end to end."""
 from __future__ import annotations
 
 import json

@@ -36,9 +36,10 @@ def test_training_figure_has_a_line_per_value_and_split(swept):
     (group,) = groups
     fig = figures.training_figure(group, colours, notes := [])
     axes = fig.axes
-    assert len(axes) == 5 and notes == []
-    assert [len(ax.get_lines()) for ax in axes] == [6, 6, 3, 3, 3]  # train+test for MSE and R², 1 each for NRC
-    assert [len(ax.collections) for ax in axes] == [6, 6, 3, 3, 3]  # seed min-max bands (2 seeds each)
+    assert len(axes) == 7 and notes == []
+    # train+test for MSE and R², 1 each for NRC1 (published, submission), NRC2 (same), NRC3
+    assert [len(ax.get_lines()) for ax in axes] == [6, 6, 3, 3, 3, 3, 3]
+    assert [len(ax.collections) for ax in axes] == [6, 6, 3, 3, 3, 3, 3]  # seed min-max bands (2 seeds each)
     assert axes[0].get_yscale() == "log" and axes[2].get_yscale() == "log" and axes[1].get_yscale() == "linear"
     assert axes[0].get_xscale() == "symlog"  # epochs 0..1000 span decades and include 0
     assert "MSE" in axes[0].get_ylabel() and "²" in axes[0].get_ylabel()
@@ -92,7 +93,7 @@ def test_single_target_skips_nrc3_with_a_note(tmp_path):
     assert [v.label for v in group.values] == ["wd=5e-4"]  # setting read from the config
     notes = []
     fig = figures.training_figure(group, colours, notes)
-    assert len(fig.axes[4].get_lines()) == 0 and "n = 1" in fig.axes[4].texts[0].get_text()
+    assert len(fig.axes[6].get_lines()) == 0 and "n = 1" in fig.axes[6].texts[0].get_text()
     assert figures.nrc3_gamma_figure(group, colours, notes) is None
     assert any("n = 1" in n for n in notes) and len(notes) == 2
 
@@ -155,7 +156,7 @@ def test_missing_optional_keys_and_summary(tmp_path):
     (group,), colours = groups_of(wd)
     notes = []
     fig = figures.training_figure(group, colours, notes)
-    assert len(fig.axes[3].get_lines()) == 0 and "not logged" in fig.axes[3].texts[0].get_text()
+    assert len(fig.axes[4].get_lines()) == 0 and "not logged" in fig.axes[4].texts[0].get_text()
     assert figures.evr_figure(group, colours, notes) is None
     assert figures.nrc3_gamma_figure(group, colours, notes) is None
     assert len(notes) == 3
@@ -249,3 +250,11 @@ def test_target_correlation_forms():
     assert table.format_corr(matrix, 3) == table.format_corr([-0.215, -0.09, 0.059], 3) == "[-0.215, -0.09, 0.059]"
     assert table.format_corr(-0.244, 2) == "-0.244"
     assert table.format_corr(None, 1) == "– (n = 1)" and table.format_corr(None, 2) == "–"
+
+
+def test_metrics_option_plots_any_logged_key(swept, tmp_path):
+    from nrc_jax import plot
+    written = plot.plot_workdirs([swept], tmp_path, metrics=["nrc1_unnormalized", "nrc2_w_pca", "no_such_key"])
+    assert tmp_path / "swimmer_metrics.png" in written
+    index = (tmp_path / "index.md").read_text()
+    assert "panel 'no_such_key' skipped (not logged)" in index

@@ -13,7 +13,7 @@ from nrc_jax.errors import ConfigError
 ROW_KEYS = {"epoch", "sweep_index", "sweep", "train_mse", "test_mse", "train_r2", "test_r2", "loss", "nrc1",
             "nrc2", "nrc3", "nrc3_gamma", "nrc1_centered", "nrc2_centered", "nrc1_variance", "evr", "wwt",
             "w_norm", "h_norm_sq", "lambda_min", "time_s"}
-COMPARED = ("train_mse", "test_mse", "train_r2", "test_r2", "loss", "nrc1", "nrc2", "nrc3", "nrc1_centered",
+COMPARED = ("train_mse", "test_mse", "train_r2", "test_r2", "loss", "nrc1", "nrc2", "nrc3_epoch_best", "nrc1_centered",
             "nrc2_centered", "evr", "wwt", "w_norm", "h_norm_sq")
 
 

@@ -28,10 +28,13 @@ TRAIN_STYLE, TEST_STYLE = "-", "--"
 TRAINING_PANELS: tuple[tuple[str, str, tuple[tuple[str, str], ...], bool], ...] = (
     ("MSE", "MSE (target units²)", (("train_mse", TRAIN_STYLE), ("test_mse", TEST_STYLE)), True),
     ("R²", "R² (1 = perfect fit)", (("train_r2", TRAIN_STYLE), ("test_r2", TEST_STYLE)), False),
-    ("NRC1: features vs top-n PCs", "NRC1", (("nrc1", TRAIN_STYLE),), True),
-    ("NRC2: features vs row space of W", "NRC2", (("nrc2", TRAIN_STYLE),), True),
+    ("NRC1: features vs top-n PCs", "NRC1 (normalized, published)", (("nrc1", TRAIN_STYLE),), True),
+    ("NRC1 un-normalized", "(1/M)||H − H P_pca||²  (submission)", (("nrc1_unnormalized", TRAIN_STYLE),), True),
+    ("NRC2: features vs row space of W", "NRC2 (normalized, published)", (("nrc2", TRAIN_STYLE),), True),
+    ("NRC2: W vs top-n PCs", "||W − W P_pca||_F  (submission)", (("nrc2_w_pca", TRAIN_STYLE),), True),
     ("NRC3: WWᵀ vs Σ^½ − √γ I", "NRC3", (("nrc3", TRAIN_STYLE),), True),
 )
+NRC3_PANEL = len(TRAINING_PANELS) - 1
 FINAL_PANELS: tuple[tuple[str, str, bool], ...] = (
     ("train_mse", "final train MSE (target units²)", True),
     ("test_mse", "final test MSE (target units²)", True),
@@ -103,6 +106,35 @@ def new_figure(rows: int, cols: int, extra_width: float = 1.8):
     return fig, axes
 
 
+# ---------------------------------------------------------------- any metrics
+def metrics_figure(group: Group, names: Sequence[str], colours: dict[str, str], notes: list[str]) -> Figure | None:
+    """One panel per metrics.jsonl key in `names` against epoch (log axes where the values span
+    decades), a line per sweep value; None when no name was logged."""
+    fig, axes = new_figure(1, len(names))
+    drawn_any = False
+    for ax, name in zip(axes[0], names):
+        ax.set_title(name, fontsize=10)
+        drawn = []
+        for value in group.values:
+            band = pooled_series(value.members, name)
+            if band is not None and np.isfinite(band.mean).any():
+                draw_band(ax, band, colours[value.label], TRAIN_STYLE, value.seeds)
+                drawn.append(band)
+        if not drawn:
+            note_on_axes(ax, f"{name}: not logged")
+            notes.append(f"{group.slug}_metrics: panel '{name}' skipped (not logged)")
+            continue
+        drawn_any = True
+        set_epoch_axis(ax, np.concatenate([b.epochs for b in drawn]))
+        set_log_y(ax, *[b.mean for b in drawn])
+        ax.grid(True, which="major", alpha=0.3)
+    if not drawn_any:
+        return None
+    fig.suptitle(f"{group.title}: " + ", ".join(names), fontsize=11)
+    sweep_legend(fig, group.values, colours)
+    return fig
+
+
 # ---------------------------------------------------------------- Figure 2
 def training_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Figure:
     """Figure 2 layout: one row, panels MSE, R², NRC1, NRC2, NRC3 against epoch; a line per sweep value."""
@@ -131,8 +163,8 @@ def training_figure(group: Group, colours: dict[str, str], notes: list[str]) -> 
             lowest = min(np.nanmin(b.mean) for b in drawn)
             ax.set_ylim(max(lowest - 0.05, -1.0), 1.02)
         ax.grid(True, which="major", alpha=0.3)
-    if axes[0][4].get_lines():
-        axes[0][4].set_title(f"{TRAINING_PANELS[4][0]}\n{nrc3_gamma_caption(group)}", fontsize=10)
+    if axes[0][NRC3_PANEL].get_lines():
+        axes[0][NRC3_PANEL].set_title(f"{TRAINING_PANELS[NRC3_PANEL][0]}\n{nrc3_gamma_caption(group)}", fontsize=10)
     fig.suptitle(f"{group.title}: training curves", fontsize=11)
     sweep_legend(fig, group.values, colours, (("train", TRAIN_STYLE), ("test", TEST_STYLE)))
     return fig
