@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, deep, distributed, metrics, models, optim, validate, writers
+from nrc_jax import checkpoints, deep, distributed, locking, metrics, models, optim, validate, writers
 from nrc_jax.data import RegressionData, load_dataset
 from nrc_jax.errors import ConfigError, DivergenceError
 
@@ -400,8 +400,18 @@ def head_weights(state: TrainState) -> np.ndarray:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains the configured run (resuming from `workdir` if it holds checkpoints) and returns the
-    final metrics row of each sweep member as {"members": [row, ...]} (plus the summary)."""
+    final metrics row of each sweep member as {"members": [row, ...]} (plus the summary).
+
+    Holds the workdir's lock (`locking.RunLock`) for the whole run: a second run on the same workdir
+    raises `locking.WorkdirBusyError` before touching anything there.
+    """
     validate.validate_config(config, num_devices=jax.device_count())  # before any loading or compiling
+    with locking.RunLock(workdir):
+        return _train_locked(config, workdir)
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """`train_and_evaluate` once the config is valid and the workdir locked."""
     members = writers.sweep_members(config)
     data = load_dataset(config.data)
     validate.validate_data(config, data)

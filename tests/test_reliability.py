@@ -1,0 +1,155 @@
+"""Reliability (issue 16): one run per workdir, the metric history repaired from checkpoints, one
+`error:` line for each bad input, and bounded ends of multi-process faults. docs/reliability.md
+lists what is guaranteed; each guarantee has a test here.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import mlp
+from nrc_jax import locking, train, writers
+from nrc_jax.errors import ConfigError, DataError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {"data.name": "npz", "model.widths": (16, 16), "train.batch_size": 32, "train.progress_bar": False,
+        "mesh.num_devices": 1, "train.epochs": 6, "train.eval_every": 2, "train.checkpoint_every": 2}
+RUN_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def npz_path(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(140, 5)).astype(np.float32)
+    y = np.stack([np.tanh(x[:, 0] + x[:, 1]), x[:, 2] * x[:, 3]], 1).astype(np.float32)
+    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
+    np.savez(path, x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
+    return path
+
+
+def make_config(npz_path, **overrides):
+    config = mlp.get_config()
+    config.update_from_flattened_dict({**TINY, "data.path": npz_path, **overrides})
+    return config
+
+
+def cli(workdir, npz_path, **overrides) -> list[str]:
+    values = {**TINY, "data.path": npz_path, **overrides}
+    flags = [f"--config.{k}={v!r}" if isinstance(v, tuple) else f"--config.{k}={v}" for k, v in values.items()]
+    return [sys.executable, "-m", "nrc_jax.main", "--config=configs/mlp.py", f"--workdir={workdir}", *flags]
+
+
+@pytest.fixture(scope="module")
+def cli_env(tmp_path_factory):
+    """Subprocess environment: this session's XLA flags plus a compilation cache shared by every run."""
+    cache = tmp_path_factory.getbasetemp() / "jax_compilation_cache"
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def tree_state(root) -> dict:
+    """path -> (size, mtime_ns) of every file and folder under root: 'touching nothing' is equality."""
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            st = os.stat(os.path.join(d, name))
+            out[os.path.relpath(os.path.join(d, name), root)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+# --------------------------------------------------------------------- one run per workdir
+def test_second_run_is_refused_naming_the_holder_and_touches_nothing(npz_path, tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(make_config(npz_path, **{"train.epochs": 2}), str(workdir))
+    before = tree_state(workdir)
+    with locking.WorkdirLock(str(workdir)) as held:
+        during = tree_state(workdir)
+        with pytest.raises(locking.WorkdirBusyError) as refused:
+            train.train_and_evaluate(make_config(npz_path, **{"train.epochs": 2}), str(workdir))
+        assert tree_state(workdir) == during
+        message = str(refused.value)
+        assert f"pid {os.getpid()}" in message and socket.gethostname() in message and "UTC" in message
+        assert held.path in message
+    assert tree_state(workdir) == before  # the lock file is removed on release
+    train.train_and_evaluate(make_config(npz_path, **{"train.epochs": 2}), str(workdir))  # free again
+    assert [r["epoch"] for r in writers.read_metrics(str(workdir))] == [0, 2]
+
+
+def test_lock_is_released_when_the_run_fails(npz_path, tmp_path):
+    with pytest.raises(DataError):
+        train.train_and_evaluate(make_config(str(tmp_path / "missing.npz")), str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / locking.LOCK_FILE)
+    with locking.WorkdirLock(str(tmp_path / "run")):
+        pass
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, caplog):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": "2026-01-01 00:00:00 UTC"}
+    (tmp_path / locking.LOCK_FILE).write_text(json.dumps(stale))
+    with caplog.at_level("WARNING", logger="nrc_jax.locking"):
+        with locking.WorkdirLock(str(tmp_path)) as lock:
+            assert json.loads(open(lock.path).read())["pid"] == os.getpid()
+    assert any(f"pid {stale['pid']}" in r.getMessage() and "without releasing" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_lock_is_exclusive_across_processes_and_freed_by_kill_9(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nrc_jax import locking; "
+                               f"locking.WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); "
+                               "time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(locking.WorkdirBusyError, match=f"pid {holder.pid} "):
+            locking.WorkdirLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    with locking.WorkdirLock(str(tmp_path)):  # the kernel released the dead holder's lock
+        pass
+
+
+def test_workdir_that_is_a_file_is_a_config_error(npz_path, tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("not a directory")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        train.train_and_evaluate(make_config(npz_path), str(path))
+    with pytest.raises(ConfigError, match="a parent is a file"):
+        train.train_and_evaluate(make_config(npz_path), str(path / "sub"))
+    assert path.read_text() == "not a directory"
+
+
+def test_cli_second_run_exits_2_with_one_error_line(npz_path, tmp_path, cli_env):
+    workdir = tmp_path / "run"
+    with locking.WorkdirLock(str(workdir)):
+        proc = subprocess.run(cli(workdir, npz_path), cwd=REPO, env=cli_env, capture_output=True, text=True,
+                              timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    (line,) = error_lines(proc.stderr)
+    assert f"pid {os.getpid()} on host {socket.gethostname()}" in line and "running since" in line
+    assert sorted(os.listdir(workdir)) == []  # the lock file went with the holder; the refused run wrote nothing
+
+
+@pytest.mark.slow
+def test_same_command_started_twice_one_runs_one_is_refused(npz_path, tmp_path, cli_env):
+    workdir = tmp_path / "run"
+    command = cli(workdir, npz_path, **{"train.epochs": 40, "train.eval_every": 4, "train.checkpoint_every": 8})
+    procs = [subprocess.Popen(command, cwd=REPO, env=cli_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    results = [(p.wait(timeout=RUN_TIMEOUT_S), p.stderr.read()) for p in procs]
+    assert sorted(status for status, _ in results) == [0, 2], results
+    refused = next(stderr for status, stderr in results if status == 2)
+    assert len(error_lines(refused)) == 1 and "is in use by another run" in refused and "Traceback" not in refused
+    assert [r["epoch"] for r in writers.read_metrics(str(workdir))] == list(range(0, 41, 4))
+    assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
+    assert not os.path.exists(workdir / locking.LOCK_FILE)
