@@ -23,14 +23,16 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from nrc_jax import optim
 from nrc_jax.data import RegressionData
 from nrc_jax.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 # Config fields that may change between a run and its resumption (they do not change the math).
+# train.eval_every only picks the epochs evaluated (the PCA warm start it carries is for metrics).
 RESUME_MUTABLE = ("mesh.num_devices", "train.progress_bar", "train.max_to_keep", "train.checkpoint_every",
-                  "train.eval_chunk")
+                  "train.eval_chunk", "train.eval_every")
 
 
 def data_fingerprint(data: RegressionData) -> str:
@@ -65,11 +67,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_compatible(saved: dict, current: dict, where: str) -> None:
-    """Raises ConfigError naming the first differing config field, or a data fingerprint change."""
+def check_compatible(saved: dict, current: dict, where: str, step: int | None = None) -> None:
+    """Raises ConfigError naming the first differing config field, or a data fingerprint change.
+
+    A larger train.epochs extends the run saved at epoch `step` when the learning rate of the epochs
+    already trained stays the same (any constant schedule); see `check_extension`.
+    """
     old, new = _flatten(saved["config"]), _flatten(current["config"])
     for key in sorted(set(old) | set(new)):
-        if key not in RESUME_MUTABLE and old.get(key) != new.get(key):
+        if key == "train.epochs" and step is not None and old.get(key) != new.get(key):
+            check_extension(saved["config"], current["config"], where, step)
+        elif key not in RESUME_MUTABLE and old.get(key) != new.get(key):
             raise ConfigError(
                 f"cannot resume from {where}: config field {key} was {old.get(key)!r} there and is "
                 f"{new.get(key)!r} now; use a new --workdir (or the old value) to continue")
@@ -78,6 +86,24 @@ def check_compatible(saved: dict, current: dict, where: str) -> None:
             f"cannot resume from {where}: the data differ (data fingerprint {saved['fingerprint'][:12]}... "
             f"there, {current['fingerprint'][:12]}... now, data.name={current['config']['data']['name']!r}); "
             "use a new --workdir")
+
+
+def check_extension(saved_config: dict, config: dict, where: str, step: int) -> None:
+    """Raises ConfigError unless changing train.epochs keeps the `step` epochs already trained as
+    they were: the new total must reach `step`, and the learning-rate schedule of epochs < step
+    must not move (a "step" schedule's milestones are fractions of train.epochs)."""
+    old, new = saved_config["train"]["epochs"], config["train"]["epochs"]
+    if new < step:
+        raise ConfigError(f"cannot resume from {where}: it holds epoch {step}, past train.epochs={new}; "
+                          f"to extend the run set train.epochs above {step} (it was {old})")
+    schedule = ml_collections.ConfigDict(config["optim"])
+    if not optim.schedule_kept(schedule, old, new, step):
+        raise ConfigError(
+            f"cannot extend the run in {where} from train.epochs={old} to {new}: optim.schedule="
+            f"{schedule.schedule!r} puts its milestones {tuple(schedule.milestones)} at fractions of "
+            f"train.epochs, which would change the learning rate of the {step} epochs already trained; "
+            "use a new --workdir")
+    log.warning("extending the run in %s from %d to %d epochs", where, old, new)
 
 
 class Checkpoints:
@@ -117,7 +143,7 @@ class Checkpoints:
             except Exception as e:  # noqa: BLE001 - any unreadable step is skipped, loudly
                 self._skip_unreadable(step, e)
                 continue
-            check_compatible(saved, self.meta, where)
+            check_compatible(saved, self.meta, where, step)
             try:
                 state = self.restore_state(step, abstract_state)
             except Exception as e:  # noqa: BLE001

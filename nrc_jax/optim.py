@@ -138,6 +138,14 @@ def lr_factor(epoch: jax.Array, c: ml_collections.ConfigDict, total_epochs: int)
     return jnp.asarray(c.decay_factor, jnp.float32) ** passed
 
 
+def schedule_kept(c: ml_collections.ConfigDict, old_total: int, new_total: int, trained: int) -> bool:
+    """Whether epochs 0..trained-1 keep their `lr_factor` when train.epochs goes from `old_total`
+    to `new_total` (a constant schedule always does; "step" only if no milestone among them moves)."""
+    if c.schedule == "constant" or c.decay_factor == 1:
+        return True
+    return all(min(int(f * old_total), trained) == min(int(f * new_total), trained) for f in c.milestones)
+
+
 def apply_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any, params: Any, hp: HParams,
                  factor: jax.Array, c: ml_collections.ConfigDict) -> tuple[Any, Any]:
     """One optimizer step: theta <- theta - lr*factor*(direction(g) [+ wd*theta if decoupled])."""

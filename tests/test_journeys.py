@@ -46,3 +46,77 @@ def test_main_runs_a_config_given_by_absolute_path_from_another_directory(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [0, 2, 4]
+
+
+# --------------------------------------------------------------------- extending a finished run
+@pytest.fixture(scope="module")
+def npz_path(tmp_path_factory):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 4)).astype(np.float32)
+    y = np.stack([np.tanh(x[:, 0]), x[:, 1] * x[:, 2]], 1).astype(np.float32)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x_train=x[:70], y_train=y[:70], x_test=x[70:], y_test=y[70:])
+    return str(path)
+
+
+def tiny_config(npz_path, **train):
+    from nrc_jax.config_files import sibling
+
+    config = sibling(str(ROOT / "configs" / "mlp.py"), "mlp").get_config()
+    config.data.name, config.data.path = "npz", npz_path
+    config.model.widths = (16,)
+    config.train.update(epochs=4, eval_every=2, checkpoint_every=2, batch_size=16, progress_bar=False)
+    config.train.update(train)
+    config.mesh.num_devices = 1
+    return config
+
+
+def metric_rows(workdir):
+    from nrc_jax import writers
+
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in writers.read_metrics(str(workdir))]
+
+
+def test_a_larger_train_epochs_extends_a_finished_run_as_if_trained_at_once(npz_path, tmp_path):
+    from nrc_jax import train
+
+    train.train_and_evaluate(tiny_config(npz_path), str(tmp_path / "extended"))
+    # The cadence may change too (it only picks the epochs evaluated).
+    train.train_and_evaluate(tiny_config(npz_path, epochs=8, eval_every=2, checkpoint_every=4),
+                             str(tmp_path / "extended"))
+    train.train_and_evaluate(tiny_config(npz_path, epochs=8), str(tmp_path / "direct"))
+    extended, direct = metric_rows(tmp_path / "extended"), metric_rows(tmp_path / "direct")
+    assert [r["epoch"] for r in extended] == [0, 2, 4, 6, 8]
+    for a, b in zip(extended, direct):
+        np.testing.assert_allclose(a["train_mse"], b["train_mse"], rtol=1e-6)
+        np.testing.assert_allclose(a["w_norm"], b["w_norm"], rtol=1e-6)
+    assert json.load(open(tmp_path / "extended" / "config.json"))["train"]["epochs"] == 8
+
+
+def test_extending_is_refused_only_when_past_epochs_would_change(npz_path, tmp_path):
+    from nrc_jax import train
+    from nrc_jax.errors import ConfigError
+
+    step = {"optim.schedule": "step", "optim.milestones": (0.5, 0.75)}
+    config = tiny_config(npz_path)
+    config.update_from_flattened_dict(step)
+    train.train_and_evaluate(config, str(tmp_path))
+    longer = tiny_config(npz_path, epochs=8)
+    longer.update_from_flattened_dict(step)
+    with pytest.raises(ConfigError, match=r"from train.epochs=4 to 8: optim.schedule='step' puts its milestones"):
+        train.train_and_evaluate(longer, str(tmp_path))
+    with pytest.raises(ConfigError, match="it holds epoch 4, past train.epochs=2"):
+        shorter = tiny_config(npz_path, epochs=2, checkpoint_every=2)
+        shorter.update_from_flattened_dict(step)
+        train.train_and_evaluate(shorter, str(tmp_path))
+
+
+def test_schedule_kept():
+    import ml_collections
+    from nrc_jax import optim
+
+    c = ml_collections.ConfigDict(optim.default_optim_config())
+    assert optim.schedule_kept(c, 50, 60, 50)  # constant
+    c.schedule = "step"
+    assert not optim.schedule_kept(c, 50, 60, 50)  # milestone 25 -> 30 moves inside the trained epochs
+    assert optim.schedule_kept(c, 100, 200, 40)  # milestones 50, 75 -> 100, 150: all after epoch 40
