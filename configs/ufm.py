@@ -37,11 +37,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         "log_every": 10,
         "init_scale": 1.0,
     })
-    # The lambda > 0 trajectory shown is the sweep point with this c / lambda_min; the lambda = 0
-    # run (which never meets a relative tolerance: its loss goes to 0) runs zero_lambda_iters
-    # iterations with the gd options above.
+    # trajectories.png: plain gradient descent (no balancing move, which would put H in W's row
+    # space by construction, and no momentum) from a random start at the sweep point with this
+    # c / lambda_min, and at lambda = 0 (which never meets a relative tolerance: its loss goes to
+    # 0), each for zero_lambda_iters iterations with the `trajectory` options.
     config.trajectory_ratio = 1e-3
     config.zero_lambda_iters = 10_000
+    config.trajectory = ml_collections.ConfigDict({"balance": False, "momentum": False})
     if arg == "quick":
         config.synthetic.num_samples = 100
         config.d = 8

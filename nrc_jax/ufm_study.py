@@ -5,7 +5,8 @@ the gradient-descent solution are measured with `nrc_jax.metrics` (NRC1, NRC2, N
 train MSE, ||W||_F, RMS feature norm). Writes to `config.out_dir`:
   nrc_vs_c.png      NRC1, NRC2, NRC3(gamma=c), MSE, ||W||_F and ||H||_F/sqrt(M) against c/lambda_min
                     (closed form as lines, gradient descent as markers)
-  trajectories.png  loss gap, NRC1, NRC2 against iteration for a lambda > 0 run and a lambda = 0 run
+  trajectories.png  loss gap, NRC1, NRC2, NRC3 against iteration of plain gradient descent (no
+                    balancing move, no momentum) for a lambda > 0 run and a lambda = 0 run
   gaps.csv, gaps.md gradient descent minus closed form, per sweep point
   summary.json      the target statistics, every sweep row and both trajectories
 
@@ -179,6 +180,12 @@ def plot_sweep(rows: list[dict], stats: dict, out_path: str) -> None:
     for ax, (key, label) in zip(axes.flat, panels):
         closed = np.array([r["closed_form"][key] for r in rows], float)
         gd = np.array([r["gd"][key] for r in rows], float)
+        if key == "nrc3":
+            # W* = 0 for c >= lambda_max: WW^T/||WW^T|| is 0/0 there. The closed form's exact 0 reads
+            # 1 by the metric's convention; GD's W is tiny but not 0, so its normalized WW^T is an
+            # arbitrary PSD direction against the negative definite A_c: 2 < NRC3 <= 4. Not drawn.
+            undefined = ratios * float(stats["lambda_min"]) >= float(np.max(stats["eigenvalues"]))
+            closed[undefined], gd[undefined] = np.nan, np.nan
         ax.plot(ratios, closed, "-", color="C0", label="closed form")
         ax.plot(ratios, gd, "o", color="C1", mfc="none", label="gradient descent")
         if key == "mse":
@@ -191,9 +198,10 @@ def plot_sweep(rows: list[dict], stats: dict, out_path: str) -> None:
         ax.set_ylabel(label)
         ax.set_title(label)
         ax.legend(fontsize=8)
-    fig.suptitle("UFM optimum vs c / lambda_min (grey lines: lambda_j / lambda_min). Where "
-                 "c > lambda_max, H* = 0 and W* = 0: NRC1 = NRC2 = 0 and NRC3 = 1 by the metrics' "
-                 "zero conventions", fontsize=10)
+    fig.suptitle("UFM optimum vs c / lambda_min (grey lines: lambda_j / lambda_min). For c > lambda_min, A_c = "
+                 "Sigma^1/2 - sqrt(c) I has negative eigenvalues that W*W*^T sets to 0,\nso NRC3(gamma = c) > 0 at "
+                 "the optimum too. For c > lambda_max, H* = 0 and W* = 0: NRC1 = NRC2 = 0 by the metrics' zero "
+                 "conventions, NRC3 (0/0) is not drawn", fontsize=10)
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
 
@@ -204,23 +212,25 @@ def plot_trajectories(runs: list[tuple[str, dict, float]], out_path: str) -> Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4), constrained_layout=True)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4), constrained_layout=True)
     for i, (label, history, loss_opt) in enumerate(runs):
         it = np.asarray(history["iteration"])
         it = np.maximum(it, 1)  # log axis: the start is drawn at iteration 1
-        gap = np.asarray(history["loss"]) - loss_opt
-        axes[0].plot(it, np.maximum(gap, 1e-300), color=f"C{i}", label=label)
-        axes[1].plot(it, history["nrc1"], color=f"C{i}", label=label)
-        axes[2].plot(it, history["nrc2"], color=f"C{i}", label=label)
-    for ax, name in zip(axes, ("loss - optimal loss", "NRC1", "NRC2")):
+        gap = np.abs(np.asarray(history["loss"]) - loss_opt)
+        floor = max(1e-15 * loss_opt, 1e-32)  # float64 rounding of the loss: the gap's resolution
+        axes[0].plot(it, np.maximum(gap, floor), color=f"C{i}", label=label)
+        for ax, key in zip(axes[1:], ("nrc1", "nrc2", "nrc3")):
+            ax.plot(it, history[key], color=f"C{i}", label=label)
+    for ax, name in zip(axes, ("|loss - optimal loss| (floored at rounding)", "NRC1", "NRC2",
+                                 "NRC3 (gamma = lam_h lam_w)")):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("iteration")
         ax.set_ylabel(name)
         ax.set_title(name)
         ax.legend(fontsize=8)
-    fig.suptitle("UFM gradient descent from a random start: with lambda = 0 the features do not "
-                 "collapse", fontsize=11)
+    fig.suptitle("UFM, plain gradient descent (no balancing, no momentum) from a random start: with "
+                 "lambda > 0 the features collapse, with lambda = 0 they do not", fontsize=11)
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
 
@@ -270,16 +280,23 @@ def _run_study(config: ml_collections.ConfigDict) -> dict:
               f"loss rel gap {row['loss_rel_gap']:.1e}, WW^T gap {row['wwt_rel_gap']:.1e}, "
               f"{row['gd_iterations']} iters in {row['gd_time_s']:.1f}s", flush=True)
     shown = rows[list(config.ratios).index(config.trajectory_ratio)]
-    zero_opts = {**gd_options, "tol": 0.0, "atol": 0.0, "max_iters": int(config.zero_lambda_iters)}
+    plain_opts = {**gd_options, **dict(config.trajectory), "tol": 0.0, "atol": 0.0,
+                  "max_iters": int(config.zero_lambda_iters)}
+    _, _, _, plain_history = ufm.gradient_descent(targets, shown["lam"], shown["lam"], d,
+                                                  jax.random.fold_in(key, 10**6 + 1), **plain_opts)
+    plain = _history_lists(plain_history)
     _, _, _, zero_history = ufm.gradient_descent(targets, 0.0, 0.0, d,
-                                                 jax.random.fold_in(key, 10**6), **zero_opts)
+                                                 jax.random.fold_in(key, 10**6), **plain_opts)
     zero = _history_lists(zero_history)
+    print(f"  plain GD at lam={shown['lam']:.3g}: {int(plain_history['iterations'])} iters, final loss gap "
+          f"{plain['loss'][-1] - shown['loss_opt']:.2e}, NRC1 {plain['nrc1'][-1]:.2e}, NRC2 {plain['nrc2'][-1]:.2e}",
+          flush=True)
     print(f"  lambda = 0 run: {int(zero_history['iterations'])} iters, final loss "
           f"{zero['loss'][-1]:.2e}, NRC1 {zero['nrc1'][-1]:.3f}, NRC2 {zero['nrc2'][-1]:.3f}",
           flush=True)
     plot_sweep(rows, stats, os.path.join(config.out_dir, "nrc_vs_c.png"))
     plot_trajectories([(f"lam_h = lam_w = {shown['lam']:.3g} (c/lambda_min = {shown['ratio']:g})",
-                        shown["history"], shown["loss_opt"]),
+                        plain, shown["loss_opt"]),
                        ("lam_h = lam_w = 0", zero, 0.0)],
                       os.path.join(config.out_dir, "trajectories.png"))
     write_tables(rows, config.out_dir)
@@ -287,6 +304,7 @@ def _run_study(config: ml_collections.ConfigDict) -> dict:
         "config": json.loads(config.to_json()),
         "target_stats": {k: np.asarray(v).tolist() for k, v in stats.items()},
         "sweep": rows,
+        "plain_gd_history": plain,
         "zero_lambda_history": zero,
     }
     with open(os.path.join(config.out_dir, "summary.json"), "w") as f:

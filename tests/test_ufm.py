@@ -284,6 +284,9 @@ def test_study_writes_figures_and_tables(tmp_path, capsys):
     assert rows[0]["closed_form"]["nrc3"] < 1e-10  # c < lambda_min
     assert rows[-1]["closed_form"]["w_norm"] == 0  # c > lambda_max
     assert min(summary["zero_lambda_history"]["nrc2"]) > 0.05
+    plain = summary["plain_gd_history"]  # the trajectory figure's lambda > 0 run: no balancing move
+    # the balanced solver is in W's row space to rounding (~1e-30) from its second entry on
+    assert plain["nrc1"][0] > 0.1 and 1e-20 < plain["nrc1"][1] < plain["nrc1"][0] and plain["nrc1"][-1] < 1e-8
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert len(saved["sweep"]) == 3
     csv_lines = (tmp_path / "gaps.csv").read_text().splitlines()
