@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run: the train state plus, beside it, the config and a data fingerprint.
 
 Each checkpoint step is the number of epochs completed. An item `state` (the `TrainState` pytree,
-StandardSave) and an item `meta` (JSON: config, data fingerprint, shapes, sweep members, epoch) are
+StandardSave), an item `meta` (JSON: config, data fingerprint, shapes, sweep members, epoch) and an
+item `history` (JSON: every metrics row logged up to that epoch, see `writers.RunWriter`) are
 written together, asynchronously; every process takes part in a save (Orbax coordinates them).
 Orbax writes each step into a temporary folder and renames it when complete, so a kill leaves no
 half-written step visible (leftover temporary folders are deleted at start); a step that still fails
@@ -125,11 +126,16 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
-    def save(self, epoch: int, state: Any) -> None:
-        """Starts an async save of `state` at step `epoch` (returns once arrays are copied off device)."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave({**self.meta, "epoch": int(epoch)}))
-        self.manager.save(int(epoch), args=args, force=True)
+    def save(self, epoch: int, state: Any, history: list[dict] | None = None) -> None:
+        """Starts an async save of `state` at step `epoch` (returns once arrays are copied off device).
+
+        `history`: the metrics rows logged so far, strict JSON (`writers.rows_to_json`; not mutated later).
+        """
+        items = {"state": ocp.args.StandardSave(state),
+                 "meta": ocp.args.JsonSave({**self.meta, "epoch": int(epoch)})}
+        if history is not None:
+            items["history"] = ocp.args.JsonSave({"rows": history})
+        self.manager.save(int(epoch), args=ocp.args.Composite(**items), force=True)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any | None, int]:
         """(state, epoch) of the newest readable checkpoint whose meta matches; (None, 0) if none.
@@ -175,6 +181,19 @@ class Checkpoints:
     def restore_meta(self, step: int) -> dict:
         """The JSON saved beside the state at `step`."""
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore_history(self, step: int) -> list[dict] | None:
+        """The metrics rows saved with `step` (strict JSON), or None for a checkpoint without them
+        (made before the history was saved) or whose history item is unreadable (with a warning)."""
+        if not os.path.isdir(os.path.join(self.directory, str(step), "history")):
+            return None
+        try:
+            saved = self.manager.restore(step, args=ocp.args.Composite(history=ocp.args.JsonRestore()))
+            return list(saved["history"]["rows"])
+        except Exception as e:  # noqa: BLE001 - the state is fine; metrics.jsonl is the fall-back
+            log.warning("the metrics history of checkpoint %s is unreadable (%s: %s); keeping metrics.jsonl's rows",
+                        os.path.join(self.directory, str(step)), type(e).__name__, str(e)[:200])
+            return None
 
     def restore_state(self, step: int, abstract_state: Any) -> Any:
         """The state at `step`, laid out as `abstract_state` (shapes, dtypes, shardings) says."""

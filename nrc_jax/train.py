@@ -389,7 +389,9 @@ def open_run(config: ml_collections.ConfigDict, workdir: str, members: list[dict
     state, start = ckpt.restore_latest(trainer.abstract_state(members))
     if state is None:
         state, start = trainer.create_state(members), 0
-    log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0)
+    history = ckpt.restore_history(start) if start else None
+    log = writers.RunWriter(workdir, config, members, resume_epoch=start, enabled=jax.process_index() == 0,
+                            history=history)
     return ckpt, state, start, log
 
 
@@ -463,7 +465,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending, previous = (out, previous), epoch
                 if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs or stop.requested:
                     rows, pending = collect(*pending), None  # a state is saved only once its rows are checked
-                    ckpt.save(epoch, state)
+                    ckpt.save(epoch, state, writers.rows_to_json(log.history))
                 if stop.requested:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {epoch}; checkpoint saved")
         if pending is not None:

@@ -317,7 +317,7 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
                 log.write(rows)
                 previous = done
                 if done % config.train.checkpoint_every == 0 or done == config.train.epochs or stop.requested:
-                    ckpt.save(done, state)
+                    ckpt.save(done, state, writers.rows_to_json(log.history))
                 if stop.requested:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {done}; checkpoint saved")
         if rows is None:  # resumed a finished run: only the final metrics

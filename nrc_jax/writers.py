@@ -3,12 +3,18 @@ and the console progress bar. Also the sweep expansion, since every row carries 
 
 metrics.jsonl holds one JSON object per evaluation and sweep member; each batch of rows is written
 whole, flushed and fsync'ed, so a kill leaves at most one torn last line, which `read_metrics`
-ignores. On resume the file is rewritten (atomically) without the rows beyond the restored epoch.
+ignores. The writer also keeps every row logged so far (`RunWriter.history`); it travels with each
+checkpoint, so on resume metrics.jsonl and the TensorBoard scalars are rewritten to exactly the rows
+up to the restored epoch (a deleted, truncated or edited file is repaired). Checkpoints made before
+the history existed fall back to the file's own rows up to that epoch. A file that vanishes during
+the run is re-created, with every row so far, at the next write (with a warning).
 """
 from __future__ import annotations
 
+import glob
 import itertools
 import json
+import logging
 import os
 from typing import Any
 
@@ -22,6 +28,8 @@ from nrc_jax.errors import ConfigError
 
 SWEEP_FIELDS = ("seed", "lr", "weight_decay", "lambda_h", "lambda_w")
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------- sweeps
@@ -85,6 +93,16 @@ def _none_to_nan(x: Any) -> Any:
 
 def json_line(row: dict) -> str:
     return json.dumps(_nan_to_none(row), allow_nan=False) + "\n"
+
+
+def rows_to_json(rows: list[dict]) -> list[dict]:
+    """Rows as strict-JSON values (non-finite floats null), as the checkpoint's history item holds them."""
+    return [_nan_to_none(r) for r in rows]
+
+
+def rows_from_json(rows: list[dict]) -> list[dict]:
+    """The inverse of `rows_to_json` (null back to NaN), as `read_metrics` returns rows."""
+    return [_none_to_nan(r) for r in rows]
 
 
 # NRC3 with gamma searched at each evaluation's own weights; the spec's `nrc3` uses the gamma that is
@@ -177,47 +195,98 @@ def member_label(member: dict) -> str:
 
 # --------------------------------------------------------------------- the writer
 class RunWriter:
-    """All file outputs of a run; a no-op on processes other than 0 (`enabled=False`)."""
+    """All file outputs of a run; a no-op on processes other than 0 (`enabled=False`), which still
+    keep `history` (every process saves it with its checkpoints)."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict, members: list[dict], *,
-                 resume_epoch: int = 0, enabled: bool = True):
+                 resume_epoch: int = 0, enabled: bool = True, history: list[dict] | None = None):
+        """`history`: the rows saved with the checkpoint resumed from (`rows_to_json` form), or None
+        (a fresh start, or a checkpoint without history: the file's rows up to `resume_epoch`)."""
         self.workdir, self.members, self.enabled = workdir, members, enabled
         self.config = config
         self._tb, self._bar, self._file = [], None, None
+        self.path = os.path.join(workdir, METRICS_FILE)
+        if history is not None:
+            self.history = [r for r in rows_from_json(history) if r["epoch"] <= resume_epoch]
+        else:
+            self.history = [r for r in read_metrics(workdir) if r["epoch"] <= resume_epoch] if resume_epoch else []
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
         write_json_atomic(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
-        kept = [r for r in read_metrics(workdir) if r["epoch"] <= resume_epoch] if resume_epoch else []
-        path = os.path.join(workdir, METRICS_FILE)
-        _write_lines_atomic(path, kept)
-        self._file = open(path, "a")
-        self._tb = _tensorboard_writers(workdir, members, resume_epoch)
+        self._warn_if_repaired(resume_epoch)
+        _write_lines_atomic(self.path, self.history)
+        self._file = open(self.path, "a")
+        self._tb = _tensorboard_writers(workdir, members)
+        self._log_tensorboard(self.history)
         if config.train.progress_bar:
             self._bar = _progress_bar(config.train.epochs, resume_epoch)
 
+    def _warn_if_repaired(self, resume_epoch: int) -> None:
+        """Says so when metrics.jsonl did not hold exactly the rows of the checkpoint resumed from."""
+        if not resume_epoch:
+            return
+        on_file = [json_line(r) for r in read_metrics(self.workdir) if r["epoch"] <= resume_epoch]
+        if on_file != [json_line(r) for r in self.history]:
+            log.warning("%s held %d rows up to epoch %d where the checkpoint holds %d: rewritten from the "
+                        "checkpoint", self.path, len(on_file), resume_epoch, len(self.history))
+
     def write(self, rows: list[dict]) -> None:
         """Appends the rows of one evaluation (all members) and logs them to TensorBoard."""
+        self.history.extend(rows)
         if not self.enabled:
             return
+        if self._reopen_if_vanished(len(rows)):
+            return  # re-created with the whole history, these rows included
         self._file.write("".join(json_line(r) for r in rows))
         self._file.flush()
         os.fsync(self._file.fileno())
-        for row, tb in zip(rows, self._tb):
-            # One event with every scalar: 0.7 ms per row, where 36 add_scalar calls took 6-8 ms.
-            tb._get_file_writer().add_summary(_summary(row), global_step=row["epoch"])  # noqa: SLF001
-            tb.flush()
+        self._log_tensorboard(rows)
         if self._bar is not None:
             first = rows[0]
             self._bar.update(first["epoch"] - self._bar.n)
             self._bar.set_postfix(train_mse=f"{first['train_mse']:.4g}", nrc1=f"{first['nrc1']:.3g}",
                                   nrc2=f"{first['nrc2']:.3g}", refresh=False)
 
+    def _log_tensorboard(self, rows: list[dict]) -> None:
+        for row in rows:
+            _add_row(self._tb[row["sweep_index"]], row)
+        for tb in self._tb:
+            tb.flush()
+
+    def _reopen_if_vanished(self, new_rows: int) -> bool:
+        """Re-creates metrics.jsonl or a TensorBoard event file deleted during the run, from the
+        history (whose last `new_rows` rows are not written yet); True if metrics.jsonl was."""
+        logged = self.history[:len(self.history) - new_rows]
+        for k, tb in enumerate(self._tb):
+            if _event_file_present(tb):
+                continue
+            earlier = [r for r in logged if r["sweep_index"] == k]
+            log.warning("the TensorBoard events of %s vanished during the run; re-created with the %d rows "
+                        "logged so far", tb.logdir, len(earlier))
+            tb.close()
+            self._tb[k] = _tensorboard_writers(self.workdir, [self.members[k]])[0]
+            for row in earlier:
+                _add_row(self._tb[k], row)
+        try:
+            same = os.path.samestat(os.fstat(self._file.fileno()), os.stat(self.path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            return False
+        log.warning("%s vanished during the run; re-created with the %d rows logged so far", self.path,
+                    len(self.history))
+        self._file.close()
+        _write_lines_atomic(self.path, self.history)
+        self._file = open(self.path, "a")
+        self._log_tensorboard(self.history[len(self.history) - new_rows:])
+        return True
+
     def finish(self, weights: np.ndarray, sigma: np.ndarray, lambda_min: float, *, ufm: bool) -> dict | None:
         """Writes summary.json from the final head weights (K, n, d) and the logged rows."""
         if not self.enabled:
             return None
-        rows = read_metrics(self.workdir)
+        rows = [dict(r) for r in self.history]  # finish rewrites nrc3 in these, not in the rows returned
         summary = {"members": [member_summary(k, weights[k], sigma, lambda_min, member,
                                               [r for r in rows if r["sweep_index"] == k], ufm=ufm)
                                for k, member in enumerate(self.members)]}
@@ -249,11 +318,31 @@ class RunWriter:
             self._bar.close()
 
 
-def _tensorboard_writers(workdir: str, members: list[dict], resume_epoch: int) -> list:
+def _tensorboard_writers(workdir: str, members: list[dict]) -> list:
+    """A fresh event file per member; older event files there are removed (the writer logs the
+    history again, so the scalars are exactly the rows of metrics.jsonl)."""
     from tensorboardX import SummaryWriter  # TensorBoard event files without TensorFlow
 
-    purge = {"purge_step": resume_epoch + 1} if resume_epoch else {}
-    return [SummaryWriter(os.path.join(workdir, "tensorboard", member_label(m)), **purge) for m in members]
+    writers = []
+    for m in members:
+        logdir = os.path.join(workdir, "tensorboard", member_label(m))
+        for old in glob.glob(os.path.join(glob.escape(logdir), "events.out.tfevents.*")):
+            os.remove(old)
+        writers.append(SummaryWriter(logdir))
+    return writers
+
+
+def _add_row(tb, row: dict) -> None:
+    # One event with every scalar: 0.7 ms per row, where 36 add_scalar calls took 6-8 ms.
+    tb._get_file_writer().add_summary(_summary(row), global_step=row["epoch"])  # noqa: SLF001
+
+
+def _event_file_present(tb) -> bool:
+    """False when the writer's event file (or its folder) was deleted under it."""
+    try:
+        return os.path.exists(tb._get_file_writer().event_writer._ev_writer._file_name)  # noqa: SLF001
+    except AttributeError:  # another tensorboardX layout: the folder at least
+        return os.path.isdir(tb.logdir)
 
 
 def _progress_bar(total: int, initial: int):

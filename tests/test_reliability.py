@@ -153,3 +153,143 @@ def test_same_command_started_twice_one_runs_one_is_refused(npz_path, tmp_path, 
     assert [r["epoch"] for r in writers.read_metrics(str(workdir))] == list(range(0, 41, 4))
     assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
     assert not os.path.exists(workdir / locking.LOCK_FILE)
+
+
+# --------------------------------------------------------------------- the metric history
+def strip_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in rows]
+
+
+def metrics_text(workdir) -> str:
+    with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+        return f.read()
+
+
+def tensorboard_scalars(directory) -> dict[int, dict[str, float]]:
+    """{step: {tag: value}} read back from the TFRecord-framed event files in `directory`."""
+    from tensorboardX.proto.event_pb2 import Event
+
+    out: dict[int, dict[str, float]] = {}
+    for name in sorted(os.listdir(directory)):
+        data = open(os.path.join(directory, name), "rb").read()
+        offset = 0
+        while offset < len(data):  # record: length (8 bytes), crc (4), payload, crc (4)
+            length = int.from_bytes(data[offset:offset + 8], "little")
+            event = Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 16 + length
+            for value in event.summary.value:
+                assert value.tag not in out.get(event.step, {}), f"step {event.step} logged twice"
+                out.setdefault(event.step, {})[value.tag] = value.simple_value
+    return out
+
+
+def assert_tensorboard_matches(workdir, rows: list[dict]) -> None:
+    scalars = tensorboard_scalars(os.path.join(workdir, "tensorboard", "run"))
+    assert sorted(scalars) == [r["epoch"] for r in rows]
+    for row in rows:
+        assert scalars[row["epoch"]]["train_mse"] == pytest.approx(row["train_mse"], rel=1e-6)
+
+
+@pytest.fixture(scope="module")
+def straight(npz_path, tmp_path_factory):
+    """A finished uninterrupted run: (workdir, metrics.jsonl text)."""
+    workdir = tmp_path_factory.mktemp("straight")
+    train.train_and_evaluate(make_config(npz_path), str(workdir))
+    return workdir, metrics_text(workdir)
+
+
+def crashed_at_epoch_4(npz_path, workdir, monkeypatch) -> None:
+    """A run that dies while writing the rows of epoch 4, so its only checkpoint is epoch 2."""
+    original = writers.RunWriter.write
+
+    def crash(self, rows):
+        if rows[0]["epoch"] == 4:
+            raise RuntimeError("simulated crash")
+        original(self, rows)
+
+    monkeypatch.setattr(writers.RunWriter, "write", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.train_and_evaluate(make_config(npz_path), str(workdir))
+    monkeypatch.setattr(writers.RunWriter, "write", original)
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["2"]
+
+
+def deleted(path):
+    os.remove(path)
+
+
+def truncated(path):
+    with open(path, "r+") as f:
+        f.truncate(len(f.readline()) // 2)
+
+
+def edited(path):
+    rows = writers.read_metrics(os.path.dirname(path))
+    rows[1]["train_mse"] = 123.0
+    with open(path, "w") as f:
+        f.writelines(writers.json_line(r) for r in rows + rows)  # an edit and duplicated rows
+
+
+@pytest.mark.parametrize("damage", [deleted, truncated, edited], ids=lambda f: f.__name__)
+def test_resume_repairs_metrics_and_tensorboard_from_the_checkpoint(npz_path, straight, tmp_path, monkeypatch,
+                                                                     damage, caplog):
+    workdir = tmp_path / "run"
+    crashed_at_epoch_4(npz_path, workdir, monkeypatch)
+    damage(str(workdir / writers.METRICS_FILE))
+    for name in os.listdir(workdir / "tensorboard" / "run"):  # TensorBoard lost too
+        os.remove(workdir / "tensorboard" / "run" / name)
+    with caplog.at_level("WARNING", logger="nrc_jax.writers"):
+        train.train_and_evaluate(make_config(npz_path), str(workdir))
+    assert any("rewritten from the checkpoint" in r.getMessage() for r in caplog.records)
+    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
+    assert_tensorboard_matches(workdir, writers.read_metrics(str(workdir)))
+    summary = json.load(open(workdir / writers.SUMMARY_FILE))["members"][0]
+    assert summary["final"]["epoch"] == 6 and summary["epochs"] == [0, 2, 4, 6]
+
+
+def test_checkpoint_without_history_still_resumes_from_the_file(npz_path, straight, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    crashed_at_epoch_4(npz_path, workdir, monkeypatch)
+    import shutil
+
+    shutil.rmtree(workdir / "checkpoints" / "2" / "history")  # as checkpoints made before issue 16
+    train.train_and_evaluate(make_config(npz_path), str(workdir))
+    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
+
+
+def test_checkpoint_holds_the_rows_up_to_its_epoch(npz_path, straight):
+    from nrc_jax import checkpoints
+
+    ckpt = checkpoints.Checkpoints(str(straight[0]), meta={}, read_only=True)
+    # The end of a run rewrites nrc3 of every row at the final best gamma; the rest is as logged.
+    plain = lambda row: {k: v for k, v in row.items() if k not in ("time_s", "nrc3", "nrc3_gamma")}
+    try:
+        on_file = [plain(json.loads(line)) for line in straight[1].splitlines()]
+        for step in (2, 4, 6):
+            saved = [plain(json.loads(writers.json_line(r))) for r in writers.rows_from_json(ckpt.restore_history(step))]
+            assert [r["epoch"] for r in saved] == list(range(0, step + 1, 2))
+            assert saved == on_file[:len(saved)]
+    finally:
+        ckpt.close()
+
+
+def test_files_vanishing_mid_run_are_recreated_with_a_warning(npz_path, straight, tmp_path, monkeypatch, caplog):
+    workdir = tmp_path / "run"
+    original = writers.RunWriter.write
+
+    def delete_after_epoch_2(self, rows):
+        original(self, rows)
+        if rows[0]["epoch"] == 2:
+            os.remove(workdir / writers.METRICS_FILE)
+            for name in os.listdir(workdir / "tensorboard" / "run"):
+                os.remove(workdir / "tensorboard" / "run" / name)
+
+    monkeypatch.setattr(writers.RunWriter, "write", delete_after_epoch_2)
+    with caplog.at_level("WARNING", logger="nrc_jax.writers"):
+        train.train_and_evaluate(make_config(npz_path), str(workdir))
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(writers.METRICS_FILE in m and "vanished" in m for m in messages), messages
+    assert any("TensorBoard" in m and "vanished" in m for m in messages), messages
+    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
+    assert_tensorboard_matches(workdir, writers.read_metrics(str(workdir)))
+    assert json.load(open(workdir / writers.SUMMARY_FILE))["members"][0]["final"]["epoch"] == 6
