@@ -85,3 +85,7 @@ __all__ = ["RegressionData", "ArraySource", "TargetTransform", "check_arrays", "
 
 # Computed last, after every registration in this file.
 KNOWN_DATASETS: tuple[str, ...] = known_datasets()
+
+# Registers nrc_swimmer_expert, nrc_reacher_expert and nrc_hopper_expert with TFDS, so that
+# `tfds.data_source("nrc_swimmer_expert")` works after `import nrc_jax.data` (README, "TFDS").
+from nrc_jax.data.mujoco import tfds_builders  # noqa: E402,F401  pylint: disable=wrong-import-position

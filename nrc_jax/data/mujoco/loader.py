@@ -11,13 +11,15 @@ registry default is 0.1, like data recorded from a stochastic agent; 0 = the exp
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
-import sys
 
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
+from tensorflow_datasets.core.utils import tqdm_utils as tfds_tqdm
 
 from nrc_jax.data.base import RegressionData, check_arrays
 from nrc_jax.data.mujoco.envs import ENV_SPECS, EnvSpec
@@ -73,23 +75,45 @@ def read_split(source) -> dict[str, np.ndarray]:
     }
 
 
+@contextlib.contextmanager
+def quiet_tfds():
+    """Silences TFDS around nrc_jax's own calls: its "Using custom data configuration" warnings (460
+    characters each, nrc_jax names every generation setting), progress bars, and the "Downloading
+    and preparing" banner it prints to stdout although nothing is downloaded (stdout stays the
+    CLIs' output). Errors still propagate."""
+    verbosity = absl_logging.get_verbosity()
+    progress = tfds_tqdm._active  # noqa: SLF001 - TFDS keeps the switch of display_progress_bar here
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(progress)
+        absl_logging.set_verbosity(verbosity)
+
+
 def load_expert_data(name: str, data_config: ml_collections.ConfigDict) -> RegressionData:
     """Loads the `name` expert set ('swimmer', 'reacher' or 'hopper'), generating it on first use."""
     config = builder_config(name, data_config)
     data_dir = resolve_cache_dir(data_config.get("cache_dir", ""))
     builder_cls = BUILDERS[name]
+    builder_kwargs = {"config": config, "file_format": "array_record"}
     try:
-        # TFDS prints its "Downloading and preparing" banner to stdout; keep stdout for the CLIs' output.
-        with contextlib.redirect_stdout(sys.stderr):
-            sources = tfds.data_source(builder_cls.name, data_dir=data_dir,
-                                       builder_kwargs={"config": config, "file_format": "array_record"})
+        with quiet_tfds():
+            prepared = tfds.builder(builder_cls.name, data_dir=data_dir, **builder_kwargs).is_prepared()
+        if not prepared:
+            absl_logging.info("generating the %s expert data (first use; cached in %s)", name, data_dir)
+        with quiet_tfds():
+            sources = tfds.data_source(builder_cls.name, data_dir=data_dir, builder_kwargs=builder_kwargs)
     except OSError as e:
         raise DataError(f"data set {name!r}: cannot build or read the TFDS cache under {data_dir}: {e}") from e
     splits = {split: read_split(sources[split]) for split in ("train", "test")}
     source = f"tfds {builder_cls.name}/{config.name}:{config.version} in {data_dir}"
     x_train, y_train = check_arrays(name, source, splits["train"]["observation"], splits["train"]["action"], "train")
     x_test, y_test = check_arrays(name, source, splits["test"]["observation"], splits["test"]["action"], "test")
-    metadata = tfds.builder(builder_cls.name, data_dir=data_dir, config=config, file_format="array_record").info.metadata
+    with quiet_tfds():
+        metadata = tfds.builder(builder_cls.name, data_dir=data_dir, **builder_kwargs).info.metadata
     return RegressionData(name, x_train, y_train, x_test, y_test, info=expert_info(name, config, data_dir, metadata, splits))
 
 

@@ -1,6 +1,15 @@
-"""TFDS builders for the expert imitation data: one `GeneratorBasedBuilder` per environment.
+"""TFDS builders for the expert imitation data: one `GeneratorBasedBuilder` per environment,
+registered with TFDS by `import nrc_jax.data`.
 
-Each example is one episode (key = its index within the split): `observation` (T, obs_dim) float32
+Outside nrc_jax, each builder's default config gives one record per time step (`observation`
+(obs_dim,), `action` (act_dim,), `reward`, `episode`, `step`) at the registry's default settings
+(seed 0, the paper's sizes, action noise 0.1):
+
+    import nrc_jax.data, tensorflow_datasets as tfds
+    train = tfds.data_source("nrc_swimmer_expert", split="train")   # train[i]["observation"]: (8,)
+
+nrc_jax's own loader asks for per-episode records (`records="episodes"`) under a config named by
+its generation parameters. There each example is one episode (key = its index within the split): `observation` (T, obs_dim) float32
 (the inputs x), `action` (T, act_dim) float32 (the targets y), `reward` (T,), `episode_return` (the
 full episode's return, at float32 precision as tf.train.Example floats are 32-bit), `env_seed` (its
 reset seed) and `truncated` (the split's last episode, cut to the requested size). One record per
@@ -41,6 +50,7 @@ class ExpertDataConfig(tfds.core.BuilderConfig):
     test_size: int = 0
     action_noise: float = 0.0
     expert_digest: str = ""
+    records: str = "episodes"  # "episodes": one record per episode; "steps": one per time step
 
 
 def expert_digest(spec: EnvSpec) -> str:
@@ -48,16 +58,29 @@ def expert_digest(spec: EnvSpec) -> str:
     return hashlib.sha256(spec.expert_path.read_bytes()).hexdigest()[:10]
 
 
-def make_config(spec: EnvSpec, *, seed: int, train_size: int, test_size: int, action_noise: float) -> ExpertDataConfig:
-    """The builder config for one generation setting (sizes in steps)."""
+def make_config(spec: EnvSpec, *, seed: int, train_size: int, test_size: int, action_noise: float,
+                records: str = "episodes") -> ExpertDataConfig:
+    """The builder config for one generation setting (sizes in steps) and record layout."""
+    if records not in ("episodes", "steps"):
+        raise ValueError(f"records={records!r}: allowed 'episodes', 'steps'")
     digest = expert_digest(spec)
     noise = f"{action_noise:g}".replace(".", "p").replace("-", "m")
+    layout = "_steps" if records == "steps" else ""  # episode configs keep their original names (caches)
     return ExpertDataConfig(
-        name=f"seed{seed}_train{train_size}_test{test_size}_noise{noise}_expert{digest}",
+        name=f"seed{seed}_train{train_size}_test{test_size}_noise{noise}_expert{digest}{layout}",
         version=VERSION,
         description=(f"{spec.gym_id} expert steps, seed {seed}, {train_size} train / {test_size} test steps, "
-                     f"Gaussian action noise std {action_noise:g}, expert file sha256 {digest}..."),
-        seed=seed, train_size=train_size, test_size=test_size, action_noise=action_noise, expert_digest=digest)
+                     f"Gaussian action noise std {action_noise:g}, expert file sha256 {digest}..., one "
+                     f"record per {'time step' if records == 'steps' else 'episode'}"),
+        seed=seed, train_size=train_size, test_size=test_size, action_noise=action_noise, expert_digest=digest,
+        records=records)
+
+
+def default_config(spec: EnvSpec) -> ExpertDataConfig:
+    """What `tfds.data_source("nrc_<name>_expert")` builds: the registry's default settings (seed 0,
+    the paper's sizes, action noise 0.1, as `nrc_jax.data.default_data_config`), one record per step."""
+    return make_config(spec, seed=0, train_size=spec.train_size, test_size=spec.test_size, action_noise=0.1,
+                       records="steps")
 
 
 class ExpertImitationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -66,6 +89,11 @@ class ExpertImitationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
     ENV: EnvSpec
     VERSION = VERSION
     RELEASE_NOTES = {"1.0.0": "First release: whole expert episodes, last one cut to the requested size."}
+
+    def __init__(self, *, file_format: str | None = None, **kwargs):
+        # array_record unless asked otherwise: random access (tfds.data_source) without TensorFlow,
+        # which TFRecord, TFDS's default, needs to write. (tfds.load needs TFRecord and TensorFlow.)
+        super().__init__(file_format=file_format or "array_record", **kwargs)
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -84,20 +112,33 @@ class ExpertImitationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
                 f"y = expert action ({spec.act_dim}). The expert ships with nrc_jax "
                 f"(nrc_jax/data/mujoco/experts/{spec.name}.npz). Train and test come from different whole "
                 "episodes (reset seeds from SeedSequence([seed, split])); the last episode of a split is cut "
-                "so the split has exactly the requested number of steps. Each record is one episode; "
-                "metadata holds the expert's evaluation returns."),
-            features=tfds.features.FeaturesDict({
-                "observation": tfds.features.Tensor(shape=(None, spec.obs_dim), dtype=np.float32),
-                "action": tfds.features.Tensor(shape=(None, spec.act_dim), dtype=np.float32),
-                "reward": tfds.features.Tensor(shape=(None,), dtype=np.float32),
-                "episode_return": np.float64,
-                "env_seed": np.int64,
-                "truncated": np.bool_,
-            }),
+                "so the split has exactly the requested number of steps. Each record is one time step "
+                "(configs ending in _steps, the default) or one episode; metadata holds the expert's "
+                "evaluation returns."),
+            features=self._features(),
             disable_shuffling=True,
             metadata=tfds.core.MetadataDict(),
             homepage="https://gymnasium.farama.org/environments/mujoco/",
         )
+
+    def _features(self) -> tfds.features.FeaturesDict:
+        spec = self.ENV
+        if self.builder_config.records == "steps":
+            return tfds.features.FeaturesDict({
+                "observation": tfds.features.Tensor(shape=(spec.obs_dim,), dtype=np.float32),
+                "action": tfds.features.Tensor(shape=(spec.act_dim,), dtype=np.float32),
+                "reward": np.float32,
+                "episode": np.int64,  # index of the episode within the split
+                "step": np.int64,     # time step within the episode
+            })
+        return tfds.features.FeaturesDict({
+            "observation": tfds.features.Tensor(shape=(None, spec.obs_dim), dtype=np.float32),
+            "action": tfds.features.Tensor(shape=(None, spec.act_dim), dtype=np.float32),
+            "reward": tfds.features.Tensor(shape=(None,), dtype=np.float32),
+            "episode_return": np.float64,
+            "env_seed": np.int64,
+            "truncated": np.bool_,
+        })
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         del dl_manager  # everything is simulated locally
@@ -113,7 +154,13 @@ class ExpertImitationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=
         return splits
 
     def _generate_examples(self, data: StepData):
-        """One record per episode (key = episode index); the split's last episode may be cut."""
+        """One record per step (key = row) or per episode (key = episode index); the split's last
+        episode may be cut."""
+        if self.builder_config.records == "steps":
+            for i in range(len(data.actions)):
+                yield i, {"observation": data.observations[i], "action": data.actions[i],
+                          "reward": data.rewards[i], "episode": int(data.episode[i]), "step": int(data.step[i])}
+            return
         for e, seed in enumerate(data.env_seeds):
             rows = data.episode == e
             yield e, {"observation": data.observations[rows], "action": data.actions[rows],
@@ -125,18 +172,21 @@ class NrcSwimmerExpert(ExpertImitationBuilder):
     """Swimmer-v5 expert imitation data (ARS linear expert)."""
 
     ENV = ENV_SPECS["swimmer"]
+    BUILDER_CONFIGS = [default_config(ENV)]
 
 
 class NrcReacherExpert(ExpertImitationBuilder):
     """Reacher-v5 expert imitation data (scripted Jacobian-transpose PD expert)."""
 
     ENV = ENV_SPECS["reacher"]
+    BUILDER_CONFIGS = [default_config(ENV)]
 
 
 class NrcHopperExpert(ExpertImitationBuilder):
     """Hopper-v5 expert imitation data (ARS linear expert)."""
 
     ENV = ENV_SPECS["hopper"]
+    BUILDER_CONFIGS = [default_config(ENV)]
 
 
 BUILDERS: dict[str, type[ExpertImitationBuilder]] = {
