@@ -290,6 +290,7 @@ class RunWriter:
         summary = {"members": [member_summary(k, weights[k], sigma, lambda_min, member,
                                               [r for r in rows if r["sweep_index"] == k], ufm=ufm)
                                for k, member in enumerate(self.members)]}
+        summary["data"] = target_block(sigma)
         if not ufm:
             self._add_final_gamma_nrc3(rows, summary["members"])
         write_json_atomic(os.path.join(self.workdir, SUMMARY_FILE), summary)
@@ -352,6 +353,14 @@ def _progress_bar(total: int, initial: int):
 
 
 # --------------------------------------------------------------------- summary
+def target_block(sigma: np.ndarray) -> dict:
+    """summary.json's `data` block: n, the eigenvalues of the target covariance (n, n), descending,
+    lambda_min and lambda_max (what the plots' UFM predictions and Table 1 read)."""
+    eigenvalues = np.linalg.eigvalsh(0.5 * (sigma + sigma.T))[::-1]
+    return {"n": int(sigma.shape[0]), "eigenvalues": eigenvalues.tolist(),
+            "lambda_min": float(eigenvalues[-1]), "lambda_max": float(eigenvalues[0])}
+
+
 def _psd_root(wwt: np.ndarray) -> np.ndarray:
     """An (n, n) matrix R with R R^T = wwt (NRC3 depends on W only through W W^T)."""
     values, vectors = np.linalg.eigh(0.5 * (wwt + wwt.T))

@@ -5,6 +5,7 @@ Every builder takes the groups from `groups.build_groups`, the shared label -> c
 """
 from __future__ import annotations
 
+import textwrap
 import warnings
 from typing import Sequence
 
@@ -17,7 +18,8 @@ from matplotlib.ticker import LogFormatter
 
 from nrc_jax.plotting.groups import (SHORT_NAMES, Group, SweepValue, format_value, pooled_final,
                                      pooled_series, setting, sort_key)
-from nrc_jax.plotting.workdir import DATA_BLOCK_KEYS, ROW_KEYS, SUMMARY_KEYS, Member, as_float_array
+from nrc_jax.plotting.workdir import (DATA_BLOCK_KEYS, ROW_KEYS, SUMMARY_KEYS, Member, as_float_array,
+                                     config_value)
 
 PANEL_W, PANEL_H = 3.3, 3.1
 LAYER_W, LAYER_H = 2.3, 1.6
@@ -100,6 +102,14 @@ def sweep_legend(fig: Figure, values: Sequence[SweepValue], colours: dict[str, s
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
 
 
+def set_title(fig: Figure, text: str, fontsize: float = 11) -> None:
+    """Figure title wrapped to the figure's width (a long title is never clipped at the edges)."""
+    chars_per_inch = 144.0 / fontsize  # ~0.5 em per character
+    width = max(int(fig.get_figwidth() * chars_per_inch), 20)
+    lines = [textwrap.fill(part, width) for part in text.split("\n")]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
+
+
 def new_figure(rows: int, cols: int, extra_width: float = 1.8):
     fig = Figure(figsize=(cols * PANEL_W + extra_width, rows * PANEL_H + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -130,7 +140,7 @@ def metrics_figure(group: Group, names: Sequence[str], colours: dict[str, str], 
         ax.grid(True, which="major", alpha=0.3)
     if not drawn_any:
         return None
-    fig.suptitle(f"{group.title}: " + ", ".join(names), fontsize=11)
+    set_title(fig, f"{group.title}: " + ", ".join(names), fontsize=11)
     sweep_legend(fig, group.values, colours)
     return fig
 
@@ -161,11 +171,14 @@ def training_figure(group: Group, colours: dict[str, str], notes: list[str]) -> 
             set_log_y(ax, *[b.mean for b in drawn])
         if metrics[0][0] == "train_r2":
             lowest = min(np.nanmin(b.mean) for b in drawn)
-            ax.set_ylim(max(lowest - 0.05, -1.0), 1.02)
+            highest = max(np.nanmax(b.mean) for b in drawn)
+            # R² far below 0 says little beyond "worse than the mean": clip at -1 unless nothing is above it
+            low = max(lowest - 0.05, -1.0) if highest > -1.0 else lowest - 0.05 * abs(lowest)
+            ax.set_ylim(low, max(1.02, highest + 0.02))
         ax.grid(True, which="major", alpha=0.3)
     if axes[0][NRC3_PANEL].get_lines():
         axes[0][NRC3_PANEL].set_title(f"{TRAINING_PANELS[NRC3_PANEL][0]}\n{nrc3_gamma_caption(group)}", fontsize=10)
-    fig.suptitle(f"{group.title}: training curves", fontsize=11)
+    set_title(fig, f"{group.title}: training curves", fontsize=11)
     sweep_legend(fig, group.values, colours, (("train", TRAIN_STYLE), ("test", TEST_STYLE)))
     return fig
 
@@ -243,7 +256,7 @@ def evr_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Figur
         handles.append(Line2D([], [], color="black", linestyle=":", label=f"top n={n} total"))
     # centred, not upper: the long title spans the legend's column and would cover PC1
     fig.legend(handles=handles, loc="outside right center", fontsize=8, frameon=False)
-    fig.suptitle(f"{group.title}: EVR of the top {EVR_PCS} PCs of the last-layer features", fontsize=11)
+    set_title(fig, f"{group.title}: EVR of the top {EVR_PCS} PCs of the last-layer features", fontsize=11)
     return fig
 
 
@@ -317,17 +330,26 @@ def nrc3_gamma_figure(group: Group, colours: dict[str, str], notes: list[str]) -
     ax.grid(True, alpha=0.3)
     ax.legend(handles=handles, fontsize=8, loc="best")
     marked = "γ used: λH·λW, not searched" if group.ufm else "best γ on the grid"
-    fig.suptitle(f"{group.title}:\nfinal NRC3 against γ (★ = {marked})", fontsize=10)
+    set_title(fig, f"{group.title}:\nfinal NRC3 against γ (★ = {marked})", fontsize=10)
     return fig
 
 
 # ---------------------------------------------------------------- Figures 5-9
 def ufm_predicted_train_mse(group: Group, c: float) -> float | None:
-    """UFM optimum training MSE sum_j min(λ_j, c) when the data block holds the target eigenvalues."""
+    """UFM optimum training MSE sum_j min(λ_j, c') when the data block holds the target eigenvalues.
+
+    c' = λH·λW for the UFM's loss (MSE summed over target dims); with the MSE averaged over the n
+    dims too (optim.mse_reduction 'mean') the same optimum has the regularizers n times larger
+    relative to the data term, so c' = n² λH·λW.
+    """
+    workdir = group.workdirs[0]
     for key in DATA_BLOCK_KEYS["eigenvalues"]:
-        eig = group.workdirs[0].data_block.get(key)
+        eig = workdir.data_block.get(key)
         if isinstance(eig, list) and eig:
-            return float(np.minimum(as_float_array(eig), c).sum())
+            eig = as_float_array(eig)
+            if config_value(workdir.config, "mse_reduction") == "mean":
+                c = c * eig.size**2
+            return float(np.minimum(eig, c).sum())
     return None
 
 
@@ -354,7 +376,7 @@ def sweep_figure(key: str, groups: Sequence[Group], colours: dict[str, str], not
                 predicted = [ufm_predicted_train_mse(group, setting(v.members[0], "lambda_h") ** 2) for v in values]
                 if all(p is not None for p in predicted):
                     ax.plot(positions, predicted, color="black", linestyle=":", linewidth=1.4, zorder=1)
-                    ax.text(0.02, 0.02, "dotted: UFM optimum Σ min(λj, λHλW)", transform=ax.transAxes,
+                    ax.text(0.02, 0.02, "dotted: UFM optimum Σ min(λj, c)", transform=ax.transAxes,
                             fontsize=7, color="0.3")
             if log_y:
                 set_log_y(ax, stats[:, 0])
@@ -369,7 +391,7 @@ def sweep_figure(key: str, groups: Sequence[Group], colours: dict[str, str], not
     all_values = [v for g in groups for v in g.values]
     unique = sorted({v.label: v for v in all_values}.values(), key=lambda v: [sort_key(x) for _, x in v.key])
     sweep_legend(fig, unique, colours)
-    fig.suptitle(f"Sweep over {name}: final metrics (points: seed mean, bars: min-max); curves per value "
+    set_title(fig, f"Sweep over {name}: final metrics (points: seed mean, bars: min-max); curves per value "
                  f"in <dataset>_training.png", fontsize=11)
     return fig
 
@@ -458,5 +480,5 @@ def layers_figure(group: Group, colours: dict[str, str], notes: list[str]) -> Fi
                 ax.set_ylabel(f"{key}\nhidden layer (width)", fontsize=8)
         if image is not None:
             fig.colorbar(image, ax=list(axes[row]), label=key, aspect=12, pad=0.01)
-    fig.suptitle(f"{group.title}: per-layer metrics (layer 1 = first hidden layer)", fontsize=11)
+    set_title(fig, f"{group.title}: per-layer metrics (layer 1 = first hidden layer)", fontsize=11)
     return fig

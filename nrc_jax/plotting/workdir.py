@@ -43,6 +43,7 @@ CONFIG_KEYS: dict[str, str] = {
     "lambda_h": "optim.lambda_h",
     "lambda_w": "optim.lambda_w",
     "regularizer": "optim.regularizer",  # "weight_decay" | "ufm"
+    "mse_reduction": "optim.mse_reduction",  # "sum" | "mean"
     "mode": "optim.mode",  # older spelling of the regularizer field
     "lr": "optim.lr",
     "epochs": "train.epochs",
