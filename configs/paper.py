@@ -90,7 +90,12 @@ def experiment_names() -> tuple[str, ...]:
 
 # Options after the experiment name (`fig2_swimmer,tenth,seed0`), besides `quick`.
 LENGTHS = {"tenth": 10, "hundredth": 100, "thousandth": 1000}  # epochs divided by this
-OPTIONS = ("quick", *LENGTHS, "seed0", "with_zero")
+# Ablations of why the published NRC1 plateaus (results/paper): actions with the noise that gives
+# Swimmer the paper's lambda_min (0.274 here vs 0.276 in the paper; 0.081 at the default 0.1
+# noise: clip(expert + N(0, 0.7^2), -1, 1) saturates more, higher-variance actions), and no ReLU
+# before the features (the features may then be centred anywhere, as in the UFM).
+PAPER_LIKE_ACTION_NOISE = 0.7
+OPTIONS = ("quick", *LENGTHS, "seed0", "with_zero", "paper_like_actions", "no_feature_relu")
 EVAL_LOG_POINTS = 200  # log-spaced evaluations added to the paper-setting runs' regular ones
 
 
@@ -98,7 +103,8 @@ def get_config(arg: str = "fig2_swimmer") -> ml_collections.ConfigDict:
     """`arg`: an experiment from `experiment_names()`, then options separated by commas:
     quick (the CPU-sized run of the module docstring), tenth / hundredth / thousandth (the paper's
     settings at that fraction of its epochs), seed0 (seed 0 only), with_zero (Figure 2 runs: also
-    weight decay 0, in the same vmapped program)."""
+    weight decay 0, in the same vmapped program), paper_like_actions (MuJoCo action noise 0.7),
+    no_feature_relu (no activation on the features)."""
     name, *options = [a for a in arg.split(",") if a] or [""]
     if name not in experiment_names() or set(options) - set(OPTIONS):
         raise ValueError(f"configs/paper.py: argument {arg!r}; use one of {list(experiment_names())} "
@@ -120,6 +126,10 @@ def get_config(arg: str = "fig2_swimmer") -> ml_collections.ConfigDict:
             shorten(config, LENGTHS[option])
     if "seed0" in options:
         keep_seed_zero(config)
+    if "paper_like_actions" in options:
+        config.data.action_noise = PAPER_LIKE_ACTION_NOISE
+    if "no_feature_relu" in options:
+        config.model.feature_activation = False
     return config
 
 

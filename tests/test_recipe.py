@@ -122,3 +122,17 @@ def test_every_documented_definition_is_logged_and_every_logged_nrc_is_documente
     assert not [k for k in logged if k not in documented]
     first = writers.read_metrics(str(tmp_path))[0]
     assert first["nrc3_gamma"] == row["nrc3_gamma"]  # one gamma, the final one, for every epoch
+
+
+def test_paper_variants_for_the_long_runs_and_ablations():
+    config = paper.get_config("fig2_swimmer,tenth,seed0,with_zero")
+    assert config.train.epochs == 100_000 and config.train.eval_every == 100
+    assert config.train.checkpoint_every % config.train.eval_every == 0 and config.train.eval_log_points == 200
+    assert tuple(config.sweep.weight_decay) == (1e-2, 0.0) and not config.sweep.seed
+    ufm = paper.get_config("fig6_ufm_hopper,seed0")
+    assert ufm.sweep.seed == (0,) * 5 and ufm.sweep.lambda_h == paper.UFM_LAMBDAS
+    ablation = paper.get_config("fig2_swimmer,hundredth,paper_like_actions,no_feature_relu")
+    assert ablation.train.epochs == 10_000 and ablation.data.action_noise == paper.PAPER_LIKE_ACTION_NOISE
+    assert not ablation.model.feature_activation and ablation.sweep.seed == paper.SEEDS
+    with pytest.raises(ValueError, match="option"):
+        paper.get_config("fig2_swimmer,twentieth")
