@@ -43,7 +43,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         "pca_iters": 10,            # 0: NRC1 from a full eigh; >0: warm-started subspace iterations (agrees with eigh to ~1e-6 in training, 10x cheaper)
     })
     config.sweep = writers.default_sweep_config()
-    config.mesh = ml_collections.ConfigDict({"num_devices": -1})  # -1: every device of every process
+    config.mesh = ml_collections.ConfigDict({
+        "num_devices": -1,          # -1: every device of every process
+        "member_devices": 1,        # devices along the mesh's 'members' axis: each group trains K / this many sweep members
+    })
     if arg == "quick":
         config.train.epochs = 50
         config.train.eval_every = 10

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 
 # Config fields that may change between a run and its resumption (they do not change the math).
 # train.eval_every only picks the epochs evaluated (the PCA warm start it carries is for metrics).
-RESUME_MUTABLE = ("mesh.num_devices", "train.progress_bar", "train.max_to_keep", "train.checkpoint_every",
-                  "train.eval_chunk", "train.eval_every")
+RESUME_MUTABLE = ("mesh.num_devices", "mesh.member_devices", "train.progress_bar", "train.max_to_keep",
+                  "train.checkpoint_every", "train.eval_chunk", "train.eval_every")
 
 
 def data_fingerprint(data: RegressionData) -> str:

@@ -1,9 +1,11 @@
 """The functional core: state pytrees, the compiled scan over epochs, and the training driver.
 
 Layout. A run trains K >= 1 models at once (a sweep, `vmap` over the leading axis of every state
-leaf; K = 1 without a sweep). Devices form a 1-D `Mesh` axis 'data': minibatches and evaluation
-chunks are sharded over it, parameters and the (tabular) data set are replicated on every device,
-so each device gathers its own rows of a minibatch locally.
+leaf; K = 1 without a sweep). Devices form a 2-D `Mesh` ('members', 'data'), `mesh.member_devices`
+along the first axis (1 by default): the state's member axis K is sharded over 'members', so each
+group of devices trains its own K / member_devices members; minibatches and evaluation chunks of
+each member are sharded over 'data'. The (tabular) data set is replicated on every device, so each
+device gathers its own rows of a minibatch locally.
 
 Epochs. Each epoch shuffles on device with `shuffled_indices(fold_in(member_key, epoch))`, so shuffles
 depend only on (seed, epoch) and a resumed run repeats an uninterrupted one bit for bit. Like the
@@ -35,6 +37,7 @@ from nrc_jax import checkpoints, deep, distributed, locking, metrics, models, op
 from nrc_jax.data import RegressionData, load_dataset
 from nrc_jax.errors import ConfigError, DivergenceError
 
+MEMBER_AXIS = "members"
 DATA_AXIS = "data"
 # Python-side trace counts of the compiled functions (tests assert nothing recompiles).
 TRACE_COUNTS: collections.Counter = collections.Counter()
@@ -69,14 +72,24 @@ class DeviceData:
     test_chunk: int = flax.struct.field(pytree_node=False)  # ... and test split
 
 
-def make_mesh(num_devices: int = -1) -> Mesh:
-    """A 1-D mesh ('data',) over the first `num_devices` of `jax.devices()` (-1: all processes')."""
+def make_mesh(num_devices: int = -1, member_devices: int = 1) -> Mesh:
+    """A 2-D mesh ('members', 'data') of shape (member_devices, num_devices // member_devices) over
+    the first `num_devices` of `jax.devices()` (-1: all processes')."""
     devices = jax.devices()
     if num_devices == -1:
         num_devices = len(devices)
     if not 1 <= num_devices <= len(devices):
         raise ConfigError(f"mesh.num_devices={num_devices}: allowed -1 (all) or 1..{len(devices)}")
-    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+    if member_devices < 1 or num_devices % member_devices:
+        raise ConfigError(f"mesh.member_devices={member_devices}: allowed a divisor of the mesh's "
+                          f"{num_devices} devices (mesh.num_devices)")
+    grid = np.asarray(devices[:num_devices]).reshape(member_devices, num_devices // member_devices)
+    return Mesh(grid, (MEMBER_AXIS, DATA_AXIS))
+
+
+def config_mesh(config: ml_collections.ConfigDict) -> Mesh:
+    """`make_mesh` of the config's `mesh.num_devices` and `mesh.member_devices` (default 1)."""
+    return make_mesh(config.mesh.num_devices, config.mesh.get("member_devices", 1))
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -98,7 +111,7 @@ def put_data(data: RegressionData, mesh: Mesh, eval_chunk: int) -> DeviceData:
         """Rows per evaluation chunk: <= eval_chunk (up to device rounding), as even as possible,
         so padding is under one row per chunk and device (e.g. 10,000 rows: 2 x 5,000, not 2 x 8,192)."""
         num_chunks = -(-rows // eval_chunk)
-        return _round_up(-(-rows // num_chunks), mesh.size)
+        return _round_up(-(-rows // num_chunks), mesh.shape[DATA_AXIS])
 
     def padded(x: np.ndarray, y: np.ndarray, chunk: int):
         pad = _round_up(len(x), chunk) - len(x)
@@ -149,15 +162,16 @@ def packed_shuffle(key: jax.Array, n: int) -> jax.Array:
     return perm.astype(jnp.int32)
 
 
-def over_members(fn: Callable, state: TrainState, data: DeviceData):
+def over_members(fn: Callable, state: TrainState, data: DeviceData, member_axis: str | None = None):
     """`fn(member_state, data)` for each of the K sweep members, outputs stacked on a leading K axis.
 
-    vmapped; a single member is called directly, since a vmap of one member measured ~15% slower
-    for a Hopper-size evaluation (results/bench.md).
+    vmapped; with `member_axis` (a mesh axis name) the vmapped axis is sharded over it, also inside
+    `fn`'s sharding constraints. A single member is called directly, since a vmap of one member
+    measured ~15% slower for a Hopper-size evaluation (results/bench.md).
     """
     if state.epoch.shape[0] == 1:
         return jax.tree.map(lambda a: a[None], fn(jax.tree.map(lambda a: a[0], state), data))
-    return jax.vmap(fn, in_axes=(0, None))(state, data)
+    return jax.vmap(fn, in_axes=(0, None), spmd_axis_name=member_axis)(state, data)
 
 
 def _after_training(data: DeviceData, state: TrainState) -> DeviceData:
@@ -186,7 +200,9 @@ class Trainer:
         self.tx = optim.direction(config.optim)
         self.replicated = NamedSharding(mesh, P())
         self.batch_sharding = NamedSharding(mesh, P(DATA_AXIS))
-        self.init = jax.jit(self._init, out_shardings=self.replicated)
+        self.member_sharding = NamedSharding(mesh, P(MEMBER_AXIS))  # state leaves: (K, ...)
+        self.member_axis = MEMBER_AXIS if mesh.shape[MEMBER_AXIS] > 1 else None
+        self.init = jax.jit(self._init, out_shardings=self.member_sharding)
         self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
         self.evaluate = jax.jit(self._evaluate_call)
 
@@ -218,7 +234,7 @@ class Trainer:
         return jax.vmap(member)(seeds, hparams)
 
     def create_state(self, members: list[dict]) -> TrainState:
-        """The initial state of the K members (already replicated over the mesh)."""
+        """The initial state of the K members (member axis sharded over the mesh's 'members')."""
         seeds = jnp.asarray([m["seed"] for m in members], jnp.int32)
         hp = optim.HParams(*(jnp.asarray([m[f] for m in members], jnp.float32) for f in optim.HParams._fields))
         return self.init(seeds, hp)
@@ -228,7 +244,7 @@ class Trainer:
         seeds = jax.ShapeDtypeStruct((len(members),), jnp.int32)
         hp = optim.HParams(*([jax.ShapeDtypeStruct((len(members),), jnp.float32)] * 4))
         shapes = jax.eval_shape(self._init, seeds, hp)
-        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.member_sharding), shapes)
 
     # ----------------------------------------------------------------- training
     def _epoch_batches(self, key: jax.Array, num_train: int) -> tuple[jax.Array, jax.Array]:
@@ -271,7 +287,8 @@ class Trainer:
     def _train_chunk(self, state: TrainState, data: DeviceData, num_epochs: jax.Array):
         """`num_epochs` epochs of every member, then an evaluation: (new state, metrics (K, ...))."""
         TRACE_COUNTS["train_chunk"] += 1
-        state = jax.lax.fori_loop(0, num_epochs, lambda _, s: over_members(self._member_epoch, s, data), state)
+        state = jax.lax.fori_loop(0, num_epochs, lambda _, s: over_members(self._member_epoch, s, data,
+                                                                           self.member_axis), state)
         out = dict(self._evaluate(state, _after_training(data, state)))
         basis = out.pop("pca_basis", None)  # lives in the state only: `out` must outlive the donated state
         if self.config.metrics.pca_iters:
@@ -317,7 +334,7 @@ class Trainer:
 
     def _evaluate(self, state: TrainState, data: DeviceData) -> dict[str, jax.Array]:
         """Metrics of every member over the whole train and test sets: dict of (K, ...) arrays."""
-        return over_members(self._member_metrics, state, data)
+        return over_members(self._member_metrics, state, data, self.member_axis)
 
     def features(self, state: TrainState, data: DeviceData, member: int, split: str = "train"):
         """Host arrays of one member on a split: predictions (M, n), features (M, d), hidden list."""
@@ -342,7 +359,7 @@ def get_trainer(config: ml_collections.ConfigDict, mesh: Mesh, input_shape: tupl
                "optim": {k: v for k, v in c.optim.to_dict().items() if k not in hyper},
                "train": [c.train.batch_size, c.train.drop_last, c.train.epochs if c.optim.schedule != "constant" else 0]}
     key = (json.dumps(program, sort_keys=True, default=str), tuple(d.id for d in mesh.devices.flat),
-           tuple(input_shape), out_dim)
+           mesh.devices.shape, tuple(input_shape), out_dim)
     if key not in _TRAINERS:
         _TRAINERS[key] = Trainer(config, mesh, input_shape, out_dim)
     return _TRAINERS[key]
@@ -420,10 +437,13 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if data.streamed:  # larger than data.max_in_memory_mb: minibatches streamed from the host
         from nrc_jax import train_streaming  # pylint: disable=import-outside-toplevel (it imports this module)
         return train_streaming.train_and_evaluate_streamed(config, workdir, data, members)
-    mesh = make_mesh(config.mesh.num_devices)
-    if config.train.batch_size % mesh.size:
+    mesh = config_mesh(config)
+    if config.train.batch_size % mesh.shape[DATA_AXIS]:
         raise ConfigError(f"train.batch_size={config.train.batch_size} must be a multiple of the "
-                          f"{mesh.size} devices of the mesh")
+                          f"{mesh.shape[DATA_AXIS]} devices of the mesh's data axis")
+    if len(members) % mesh.shape[MEMBER_AXIS]:
+        raise ConfigError(f"mesh.member_devices={mesh.shape[MEMBER_AXIS]} must divide the sweep's "
+                          f"{len(members)} members")
     trainer = get_trainer(config, mesh, data.input_shape, data.target_dim)
     device_data = put_data(data, mesh, config.train.eval_chunk)
     ckpt, state, start, log = open_run(config, workdir, members, trainer,
@@ -483,6 +503,6 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"members": rows, "summary": summary}
 
 
-__all__ = ["TrainState", "DeviceData", "Trainer", "get_trainer", "make_mesh", "put_data", "eval_epochs",
+__all__ = ["TrainState", "DeviceData", "Trainer", "get_trainer", "make_mesh", "config_mesh", "put_data", "eval_epochs",
            "open_run", "head_weights", "check_finite",
            "train_and_evaluate", "TRACE_COUNTS", "load_dataset"]

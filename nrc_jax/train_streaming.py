@@ -285,6 +285,9 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
                           "streamed from the host (larger than data.max_in_memory_mb); set it False or raise "
                           "data.max_in_memory_mb")
     members = members if members is not None else writers.sweep_members(config)
+    if config.mesh.get("member_devices", 1) != 1:
+        raise ConfigError(f"mesh.member_devices={config.mesh.member_devices} is not supported for data set "
+                          f"{data.name!r}, which is streamed from the host; set it 1")
     mesh = train.make_mesh(config.mesh.num_devices)
     trainer = train.get_trainer(config, mesh, data.input_shape, data.target_dim)
     run = StreamedRun(config, data, trainer)

@@ -148,6 +148,7 @@ def field_rules() -> dict[str, Rule]:
         "sweep.lambda_w": sequence_of(non_negative()),
         # devices
         "mesh.num_devices": Rule(lambda v: _is_int(v) and (v == -1 or v >= 1), "-1 (every device) or an integer >= 1"),
+        "mesh.member_devices": integer(1),
     }
 
 
@@ -205,14 +206,31 @@ def relation_problems(config: ml_collections.ConfigDict, num_devices: int | None
     except ConfigError as e:
         problems.append(str(e))
     if num_devices is not None:
-        wanted = c.mesh.num_devices
-        if wanted > num_devices:
-            problems.append(f"mesh.num_devices={wanted}: allowed -1 (all) or 1..{num_devices} (the devices present)")
-        else:
-            devices = num_devices if wanted == -1 else wanted
-            if t.batch_size % devices:
-                problems.append(f"train.batch_size={t.batch_size}: allowed a multiple of the {devices} devices of "
-                                f"the mesh (mesh.num_devices={wanted}), e.g. {_round_up(t.batch_size, devices)}")
+        problems += mesh_problems(c, num_devices)
+    return problems
+
+
+def mesh_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
+    """The mesh (members x data devices) against the devices present, the batch and the sweep."""
+    from nrc_jax import writers  # pylint: disable=import-outside-toplevel (sweep members, only here)
+
+    c, problems = config, []
+    wanted, per_member = c.mesh.num_devices, c.mesh.member_devices
+    if wanted > num_devices:
+        return [f"mesh.num_devices={wanted}: allowed -1 (all) or 1..{num_devices} (the devices present)"]
+    devices = num_devices if wanted == -1 else wanted
+    if devices % per_member:
+        return [f"mesh.member_devices={per_member}: allowed a divisor of the mesh's {devices} devices "
+                f"(mesh.num_devices={wanted})"]
+    data_devices = devices // per_member
+    if c.train.batch_size % data_devices:
+        where = f"the {data_devices} devices of the mesh's data axis" if per_member > 1 else f"the {devices} devices of the mesh"
+        problems.append(f"train.batch_size={c.train.batch_size}: allowed a multiple of {where} "
+                        f"(mesh.num_devices={wanted}), e.g. {_round_up(c.train.batch_size, data_devices)}")
+    num_members = len(writers.sweep_members(c))
+    if num_members % per_member:
+        problems.append(f"mesh.member_devices={per_member}: allowed a divisor of the sweep's {num_members} "
+                        "members (each device group trains the same number)")
     return problems
 
 

@@ -149,6 +149,37 @@ def test_four_devices_match_one(npz_path, tmp_path):
     assert_rows_close(rows_by_member(tmp_path / "4")[0], rows_by_member(tmp_path / "1")[0], rtol=1e-4)
 
 
+def test_sweep_members_on_a_2d_mesh_match_one_device(npz_path, tmp_path):
+    """K = 4 members sharded over the mesh's 'members' axis (2 x 2 and 4 x 1 devices): every
+    member's rows equal the one-device run's, and each device group holds its K / m members."""
+    sweep = {"sweep.weight_decay": (1e-2, 0.0), "sweep.seed": (0, 1), "train.epochs": 4}
+    runs = {"1": {"mesh.num_devices": 1}, "2x2": {"mesh.num_devices": 4, "mesh.member_devices": 2},
+            "4x1": {"mesh.num_devices": 4, "mesh.member_devices": 4}}
+    for name, mesh in runs.items():
+        train.train_and_evaluate(tiny_config(npz_path, **sweep, **mesh), str(tmp_path / name))
+    one = rows_by_member(tmp_path / "1")
+    for name in ("2x2", "4x1"):
+        got = rows_by_member(tmp_path / name)
+        assert sorted(got) == [0, 1, 2, 3]
+        for k in range(4):
+            assert_rows_close(got[k], one[k], rtol=1e-4)
+    config = tiny_config(npz_path, **sweep, **runs["2x2"])
+    trainer = train.Trainer(config, train.config_mesh(config), (5,), 2)
+    assert dict(trainer.mesh.shape) == {"members": 2, "data": 2}
+    state = trainer.create_state(writers.sweep_members(config))
+    for leaf in jax.tree.leaves(state):
+        assert leaf.sharding.spec[0] == "members"
+        assert {s.data.shape[0] for s in leaf.addressable_shards} == {2}
+
+
+def test_member_devices_must_divide_devices_and_members(npz_path, tmp_path):
+    with pytest.raises(ConfigError, match="mesh.member_devices=3"):
+        train.make_mesh(4, 3)
+    config = tiny_config(npz_path, **{"sweep.seed": (0, 1, 2), "mesh.num_devices": 2, "mesh.member_devices": 2})
+    with pytest.raises(ConfigError, match="sweep's 3 members"):
+        train.train_and_evaluate(config, str(tmp_path))
+
+
 def test_divergence_names_epochs_and_keeps_outputs(npz_path, tmp_path):
     config = tiny_config(npz_path, **{"optim.lr": 1e4})
     with pytest.raises(DivergenceError, match=r"diverged between epochs \d+ and \d+.*last good state"):
