@@ -94,3 +94,41 @@ def test_loss_is_half_mse_plus_half_decay_over_all_parameters():
     l2 = sum(float((p.detach() ** 2).sum()) for p in model.parameters())
     mse = float(((prediction.detach() - y) ** 2).sum(1).mean())
     assert float(loss) == pytest.approx(0.5 * mse + 0.05 * l2, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- the competent loop (issue 19)
+import torch_competent  # noqa: E402
+
+
+def test_competent_nrc_matches_the_published_reference_and_nrc_jax():
+    n = 3
+    rng = np.random.default_rng(1)
+    h = _relu_features(600, 32, seed=7)
+    w = rng.standard_normal((n, 32)).astype(np.float32)
+    y = rng.standard_normal((600, n)).astype(np.float32) @ rng.standard_normal((n, n)).astype(np.float32)
+    sigma_sqrt, lambda_min = torch_reference.target_sigma_sqrt(y)
+    published = torch_reference.nrc_from_features(h, w, sigma_sqrt, lambda_min)
+    competent = torch_competent.nrc_from_features(torch.as_tensor(h), torch.as_tensor(w), sigma_sqrt, lambda_min)
+    ours = metrics.metrics_from_stats(metrics.feature_stats(h, y, y), w,
+                                      sigma=np.cov(y, rowvar=False, bias=True).astype(np.float32))
+    for key in ("nrc1", "nrc2", "nrc3"):
+        assert competent[key] == pytest.approx(published[key], rel=1e-4, abs=1e-6), key
+        assert competent[key] == pytest.approx(float(ours[key]), rel=1e-3, abs=1e-6), key
+    assert competent["nrc3_gamma"] == pytest.approx(published["nrc3_gamma"], rel=1e-6, abs=1e-9)
+
+
+def test_competent_loop_trains_like_the_published_one():
+    """Same model, initialization, optimizer and loss: one epoch over one full batch (no shuffle
+    order to differ) gives the same parameters as the published loop's; evaluations are exact."""
+    arrays = torch_reference.random_regression_data(256, 5, 2, seed=0)
+    published = torch_reference.make_run(*arrays, weight_decay=1e-2, seed=3)
+    competent = torch_competent.make_run(*arrays, weight_decay=1e-2, seed=3)
+    published.train_epoch()
+    competent.train_epoch()
+    for a, b in zip(published.model.parameters(), competent.model.parameters()):
+        np.testing.assert_allclose(a.detach().numpy(), b.detach().numpy(), rtol=1e-5, atol=1e-6)
+    ours, theirs = competent.evaluate(), published.evaluate()
+    for key in ("nrc1", "nrc2", "nrc3", "train_mse", "test_mse"):
+        assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+    history = competent.run(epochs=4, eval_every=2)
+    assert [row["epoch"] for row in history] == [2, 4] and history[-1]["train_mse"] < theirs["train_mse"]
