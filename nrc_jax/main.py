@@ -6,6 +6,7 @@ checkpoint once the chunk of epochs in flight has been evaluated and exit with s
 """
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -25,7 +26,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # Orbax logs every save step at INFO
+        show_own_info_only()
     from nrc_jax import distributed
     from nrc_jax.errors import UserError
 
@@ -42,6 +43,23 @@ def main(argv: list[str]) -> None:
         print(f"{e or 'interrupted'}; run the same command again to resume from the latest checkpoint",
               file=sys.stderr)
         distributed.exit_process(130)
+
+
+class _OwnInfoOnly(pylogging.Filter):
+    """Passes warnings and errors from anywhere, INFO and below only from nrc_jax."""
+
+    def filter(self, record: pylogging.LogRecord) -> bool:
+        return (record.levelno >= pylogging.WARNING or record.name.startswith("nrc_jax")
+                or f"{os.sep}nrc_jax{os.sep}" in record.pathname)
+
+
+def show_own_info_only() -> None:
+    """absl INFO for nrc_jax's own lines (progress without a terminal, data generation), not for
+    the libraries' (Orbax logs every save step at INFO, TFDS its builder configs)."""
+    logging.set_verbosity(logging.INFO)
+    handler = logging.get_absl_handler()
+    if not any(isinstance(f, _OwnInfoOnly) for f in handler.filters):
+        handler.addFilter(_OwnInfoOnly())
 
 
 def _first_and_last_line(error: BaseException) -> str:

@@ -16,12 +16,15 @@ import itertools
 import json
 import logging
 import os
+import sys
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from absl import logging as absl_logging
 
 from nrc_jax import deep, metrics
 from nrc_jax.errors import ConfigError
@@ -217,10 +220,10 @@ class RunWriter:
         self._warn_if_repaired(resume_epoch)
         _write_lines_atomic(self.path, self.history)
         self._file = open(self.path, "a")
-        self._tb = _tensorboard_writers(workdir, members)
+        self._tb = _tensorboard_writers(workdir, members, config)
         self._log_tensorboard(self.history)
         if config.train.progress_bar:
-            self._bar = _progress_bar(config.train.epochs, resume_epoch)
+            self._bar = progress_reporter(config.train.epochs, resume_epoch)
 
     def _warn_if_repaired(self, resume_epoch: int) -> None:
         """Says so when metrics.jsonl did not hold exactly the rows of the checkpoint resumed from."""
@@ -243,10 +246,7 @@ class RunWriter:
         os.fsync(self._file.fileno())
         self._log_tensorboard(rows)
         if self._bar is not None:
-            first = rows[0]
-            self._bar.update(first["epoch"] - self._bar.n)
-            self._bar.set_postfix(train_mse=f"{first['train_mse']:.4g}", nrc1=f"{first['nrc1']:.3g}",
-                                  nrc2=f"{first['nrc2']:.3g}", refresh=False)
+            self._bar.report(rows[0])
 
     def _log_tensorboard(self, rows: list[dict]) -> None:
         for row in rows:
@@ -265,7 +265,7 @@ class RunWriter:
             log.warning("the TensorBoard events of %s vanished during the run; re-created with the %d rows "
                         "logged so far", tb.logdir, len(earlier))
             tb.close()
-            self._tb[k] = _tensorboard_writers(self.workdir, [self.members[k]])[0]
+            self._tb[k] = _tensorboard_writers(self.workdir, [self.members[k]], self.config)[0]
             for row in earlier:
                 _add_row(self._tb[k], row)
         try:
@@ -319,9 +319,10 @@ class RunWriter:
             self._bar.close()
 
 
-def _tensorboard_writers(workdir: str, members: list[dict]) -> list:
+def _tensorboard_writers(workdir: str, members: list[dict], config: ml_collections.ConfigDict | None = None) -> list:
     """A fresh event file per member; older event files there are removed (the writer logs the
-    history again, so the scalars are exactly the rows of metrics.jsonl)."""
+    history again, so the scalars are exactly the rows of metrics.jsonl). With `config`, each
+    starts with the run's config as text and the member's hyperparameters (HParams tab)."""
     from tensorboardX import SummaryWriter  # TensorBoard event files without TensorFlow
 
     writers = []
@@ -330,7 +331,32 @@ def _tensorboard_writers(workdir: str, members: list[dict]) -> list:
         for old in glob.glob(os.path.join(glob.escape(logdir), "events.out.tfevents.*")):
             os.remove(old)
         writers.append(SummaryWriter(logdir))
+        if config is not None:
+            _describe_run(writers[-1], config, m)
     return writers
+
+
+HPARAM_METRICS = ("train_mse", "test_mse", "nrc1", "nrc2", "nrc3", "loss")
+
+
+def run_hparams(config: ml_collections.ConfigDict, member: dict) -> dict[str, Any]:
+    """The member's hyperparameters for TensorBoard's HParams tab: its values of SWEEP_FIELDS (so
+    sweep members compare there) and the config fields that name the experiment."""
+    c = config
+    return {**{f: member[f] for f in SWEEP_FIELDS}, "data": str(c.data.name), "arch": str(c.model.get("arch", "mlp")),
+            "optimizer": str(c.optim.name), "regularizer": str(c.optim.regularizer), "epochs": int(c.train.epochs),
+            "batch_size": int(c.train.batch_size)}
+
+
+def _describe_run(tb, config: ml_collections.ConfigDict, member: dict) -> None:
+    """Config text and hparams at the head of a member's event file (the scalars are the metric rows)."""
+    from tensorboardX.summary import hparams
+
+    text = json.dumps(json.loads(config.to_json_best_effort()), indent=2)
+    tb.add_text("config", "```\n" + text + "\n```", global_step=0)  # markdown code block: kept verbatim
+    writer = tb._get_file_writer()  # noqa: SLF001 - add_hparams would open another run folder
+    for summary in hparams(run_hparams(config, member), {k: 0.0 for k in HPARAM_METRICS}):
+        writer.add_summary(summary)
 
 
 def _add_row(tb, row: dict) -> None:
@@ -346,10 +372,62 @@ def _event_file_present(tb) -> bool:
         return os.path.isdir(tb.logdir)
 
 
-def _progress_bar(total: int, initial: int):
-    import tqdm
+class BarProgress:
+    """tqdm on a terminal: epochs done, rate, time left, and the first member's key metrics."""
 
-    return tqdm.tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, mininterval=1.0)
+    def __init__(self, total: int, initial: int):
+        import tqdm
+
+        self._bar = tqdm.tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, mininterval=1.0)
+
+    def report(self, row: dict) -> None:
+        self._bar.update(row["epoch"] - self._bar.n)
+        self._bar.set_postfix(train_mse=f"{row['train_mse']:.4g}", nrc1=f"{row['nrc1']:.3g}",
+                              nrc2=f"{row['nrc2']:.3g}", refresh=False)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class LogProgress:
+    """Without a terminal (output to a file, a batch job): an absl INFO line per evaluation, at
+    most every `interval_s` seconds (and always at the last epoch), instead of tqdm's carriage returns:
+    `epoch 120/1000 (12%): train_mse 0.0123, test_mse 0.0145, nrc1 0.412, nrc2 0.0871; 48.1 epochs/s, ETA 18s`."""
+
+    def __init__(self, total: int, initial: int, interval_s: float = 10.0, clock: Any = time.monotonic):
+        self.total, self.interval_s, self._clock = total, interval_s, clock
+        self._last_epoch, self._last_time, self._last_line = initial, clock(), None
+
+    def report(self, row: dict) -> None:
+        now, epoch = self._clock(), row["epoch"]
+        if epoch < self.total and self._last_line is not None and now - self._last_line < self.interval_s:
+            return
+        rate = (epoch - self._last_epoch) / max(now - self._last_time, 1e-9)
+        eta = ("done" if epoch >= self.total else f"ETA {_duration((self.total - epoch) / rate)}" if rate > 0
+               else "starting")
+        metrics_text = ", ".join(f"{k} {row[k]:.4g}" for k in ("train_mse", "test_mse", "nrc1", "nrc2")
+                                 if isinstance(row.get(k), (int, float)))
+        absl_logging.info("epoch %d/%d (%d%%): %s; %.3g epochs/s, %s", epoch, self.total,
+                          100 * epoch // max(self.total, 1), metrics_text, rate, eta)
+        self._last_epoch, self._last_time, self._last_line = epoch, now, now
+
+    def close(self) -> None:
+        pass
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_reporter(total: int, initial: int, stream: Any = None) -> BarProgress | LogProgress:
+    """tqdm when `stream` (default stderr, where both write) is a terminal, else log lines."""
+    stream = sys.stderr if stream is None else stream
+    return BarProgress(total, initial) if stream.isatty() else LogProgress(total, initial)
 
 
 # --------------------------------------------------------------------- summary

@@ -46,6 +46,35 @@ def test_main_runs_a_config_given_by_absolute_path_from_another_directory(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["epoch"] for r in rows] == [0, 2, 4]
+    # Not a terminal: log lines, not tqdm's carriage returns; no TFDS or Orbax chatter.
+    assert "\r" not in done.stderr and "epoch 4/4 (100%): train_mse" in done.stderr, done.stderr
+    for noise in ("Using custom data configuration", "Downloading and preparing", "orbax", "checkpoint_manager"):
+        assert noise not in done.stderr, done.stderr
+    # TensorBoard: the config as text and the member's hyperparameters, before the metric scalars.
+    events = tensorboard_events(tmp_path / "run" / "tensorboard" / "run")
+    tags = [tag for _, tag, _ in events]
+    assert tags[:4] == ["config/text_summary", "_hparams_/experiment", "_hparams_/session_start_info",
+                        "_hparams_/session_end_info"]
+    start = next(content for _, tag, content in events if tag == "_hparams_/session_start_info")
+    for name in ("seed", "weight_decay", "lr", "swimmer"):
+        assert name.encode() in start
+    assert {"train_mse", "nrc1"} <= set(tags)
+
+
+def tensorboard_events(logdir: pathlib.Path) -> list[tuple[int, str, bytes]]:
+    """(step, tag, plugin content) of every summary value in the one event file of `logdir`."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    (path,) = logdir.glob("events.out.tfevents.*")
+    data, i, out = path.read_bytes(), 0, []
+    while i < len(data):
+        (length,) = struct.unpack("<Q", data[i:i + 8])
+        event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+        i += 16 + length  # length, its crc, the record, its crc
+        out += [(event.step, v.tag, v.metadata.plugin_data.content) for v in event.summary.value]
+    return out
 
 
 # --------------------------------------------------------------------- extending a finished run
@@ -120,3 +149,32 @@ def test_schedule_kept():
     c.schedule = "step"
     assert not optim.schedule_kept(c, 50, 60, 50)  # milestone 25 -> 30 moves inside the trained epochs
     assert optim.schedule_kept(c, 100, 200, 40)  # milestones 50, 75 -> 100, 150: all after epoch 40
+
+
+# --------------------------------------------------------------------- progress without a terminal
+class _Stream:
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+
+def test_progress_is_tqdm_on_a_terminal_and_log_lines_otherwise(monkeypatch):
+    from nrc_jax import writers
+
+    assert isinstance(writers.progress_reporter(10, 0, _Stream(False)), writers.LogProgress)
+    bar = writers.progress_reporter(10, 0, _Stream(True))
+    assert isinstance(bar, writers.BarProgress)
+    bar.close()
+    lines, now = [], [0.0]
+    monkeypatch.setattr(writers.absl_logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    progress = writers.LogProgress(1000, 0, interval_s=10.0, clock=lambda: now[0])
+    row = {"train_mse": 0.5, "test_mse": 0.6, "nrc1": 0.25, "nrc2": float("nan")}
+    for epoch, t in ((0, 0.0), (100, 5.0), (200, 10.0), (300, 12.0), (1000, 13.0)):
+        now[0] = t
+        progress.report({**row, "epoch": epoch})
+    assert lines[0].startswith("epoch 0/1000 (0%): train_mse 0.5, test_mse 0.6, nrc1 0.25, nrc2 nan;")
+    assert lines[1] == "epoch 200/1000 (20%): train_mse 0.5, test_mse 0.6, nrc1 0.25, nrc2 nan; 20 epochs/s, ETA 40s"
+    assert lines[2].startswith("epoch 1000/1000 (100%)") and lines[2].endswith("done")
+    assert len(lines) == 3  # epochs 100 and 300 fell within 10 s of a line
