@@ -425,6 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raises `locking.WorkdirBusyError` before touching anything there.
     """
     validate.validate_config(config, num_devices=jax.device_count())  # before any loading or compiling
+    workdir = validate.local_workdir(workdir)
     with locking.RunLock(workdir):
         return _train_locked(config, workdir)
 

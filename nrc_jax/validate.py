@@ -9,8 +9,11 @@ partial one). Both are cheap: no JAX computation, no file access.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import numbers
+import re
+import urllib.parse
 from typing import Any, Callable
 
 import ml_collections
@@ -250,6 +253,33 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
         problems = relation_problems(config, num_devices)
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
+
+
+# URL schemes etils.epath (and Orbax) read, with the client library each needs.
+REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs"}
+
+
+def local_workdir(workdir: str) -> str:
+    """`workdir` as a local path (a `file://` URL becomes its path); other URLs raise ConfigError
+    before anything is created, locally or remotely.
+
+    A run's workdir lock (fcntl), the in-place appends to metrics.jsonl and the TensorBoard files
+    need a POSIX file system, so a bucket is used through a mount (gcsfuse, s3fs-fuse, blobfuse2).
+    """
+    match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", workdir)
+    if not match:
+        return workdir
+    scheme = match.group(1).lower()
+    if scheme == "file":
+        return urllib.parse.unquote(urllib.parse.urlparse(workdir).path) or "/"
+    if scheme in REMOTE_SCHEMES:
+        client = REMOTE_SCHEMES[scheme]
+        missing = "" if importlib.util.find_spec(client) else f", and {client} for {scheme}:// paths is not installed"
+        raise ConfigError(f"--workdir={workdir}: {scheme}:// workdirs are not supported (a run locks its workdir and "
+                          f"appends to metrics.jsonl, which needs a POSIX file system{missing}); use a local "
+                          "directory or the bucket mounted (gcsfuse, s3fs-fuse, blobfuse2); nothing was created")
+    raise ConfigError(f"--workdir={workdir}: unknown URL scheme {scheme}://; give a directory path "
+                      "(or file:///abs/path); nothing was created")
 
 
 def feature_width(model_config: ml_collections.ConfigDict) -> int:

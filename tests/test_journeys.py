@@ -178,3 +178,23 @@ def test_progress_is_tqdm_on_a_terminal_and_log_lines_otherwise(monkeypatch):
     assert lines[1] == "epoch 200/1000 (20%): train_mse 0.5, test_mse 0.6, nrc1 0.25, nrc2 nan; 20 epochs/s, ETA 40s"
     assert lines[2].startswith("epoch 1000/1000 (100%)") and lines[2].endswith("done")
     assert len(lines) == 3  # epochs 100 and 300 fell within 10 s of a line
+
+
+# --------------------------------------------------------------------- workdirs given as URLs
+@pytest.mark.parametrize("workdir", ["gs://bucket/runs/x", "s3://bucket/x", "memory://runs/x"])
+def test_a_workdir_url_nrc_jax_cannot_write_is_one_error_line_and_creates_nothing(tmp_path, workdir):
+    done = subprocess.run(
+        [sys.executable, "-m", "nrc_jax.main", f"--config={ROOT}/configs/mujoco.py:swimmer,quick", f"--workdir={workdir}"],
+        cwd=tmp_path, env=outside_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and workdir in errors[0] and "nothing was created" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site"]  # no ./gs:/bucket/... folder
+
+
+def test_file_urls_are_local_paths():
+    from nrc_jax import validate
+
+    assert validate.local_workdir("file:///tmp/runs/a%20b") == "/tmp/runs/a b"
+    assert validate.local_workdir("runs/x") == "runs/x"
