@@ -10,7 +10,6 @@ the run had `metrics.per_layer`, `layer_features_<i>` (M, d_i) for each hidden l
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -126,14 +125,21 @@ def _print_text(info: dict) -> None:
         print(f"member {k} W W^T at step {info['step']}: {np.array2string(np.asarray(wwt), precision=5)}")
 
 
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_integer("step", None, "checkpoint epoch (default: latest)", flag_values=fv)
+    flags.DEFINE_boolean("json", False, "print one JSON object", flag_values=fv)
+    flags.DEFINE_string("export", None, "OUT.npz: write train-set features etc.", flag_values=fv)
+    flags.DEFINE_integer("member", 0, "sweep member for --export", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nrc_jax.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("workdir")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint epoch (default: latest)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--export", default=None, metavar="OUT.npz", help="write train-set features etc.")
-    parser.add_argument("--member", type=int, default=0, help="sweep member for --export")
-    args = parser.parse_args(argv)
+    from nrc_jax import cli
+
+    fv, (workdir,) = cli.parse(argv, _define_flags, prog="python -m nrc_jax.inspect", usage="WORKDIR [flags]",
+                               doc=__doc__, num_args=(1, 1))
+    args = cli.namespace(fv, workdir=workdir)
     from absl import logging as absl_logging
 
     from nrc_jax.errors import UserError

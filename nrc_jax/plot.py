@@ -17,7 +17,6 @@ averaged (line) with a min-max band. A sweep value has one colour in every figur
 """
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 from typing import Sequence
@@ -106,17 +105,26 @@ def plot_workdirs(workdirs: Sequence[str | pathlib.Path], out_dir: str | pathlib
     return written
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nrc_jax.plot", description=__doc__.split("\n\n")[0])
-    parser.add_argument("workdirs", nargs="+", help="training workdirs (each with metrics.jsonl)")
-    parser.add_argument("--out", required=True, help="output folder for figures, table1.md and index.md")
-    parser.add_argument("--pdf", action="store_true", help="also write a PDF of every figure")
-    parser.add_argument("--dpi", type=int, default=DPI, help=f"PNG resolution (default {DPI})")
-    parser.add_argument("--metrics", default="", metavar="KEY,KEY",
-                        help="also plot these metrics.jsonl keys against epoch (e.g. nrc1,nrc1_unnormalized_md,nrc2_w_pca)")
-    parser.add_argument("--table-from-data", nargs="+", default=[], metavar="NAME",
-                        help="add Table 1 rows computed by loading these data sets (registry name or .npz path)")
-    return parser.parse_args(argv)
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("out", None, "output folder for figures, table1.md and index.md", required=True, flag_values=fv)
+    flags.DEFINE_boolean("pdf", False, "also write a PDF of every figure", flag_values=fv)
+    flags.DEFINE_integer("dpi", DPI, "PNG resolution", flag_values=fv)
+    flags.DEFINE_string("metrics", "", "KEY,KEY: also plot these metrics.jsonl keys against epoch "
+                        "(e.g. nrc1,nrc1_unnormalized_md,nrc2_w_pca)", flag_values=fv)
+    flags.DEFINE_list("table-from-data", [], "NAME,NAME (or NAME NAME ...): add Table 1 rows computed by loading "
+                      "these data sets (registry name or .npz path)", flag_values=fv)
+
+
+def parse_args(argv: Sequence[str]):
+    """The command line as a namespace: workdirs (each with metrics.jsonl), out, pdf, dpi, metrics,
+    table_from_data."""
+    from nrc_jax import cli
+
+    fv, workdirs = cli.parse(argv, _define_flags, prog="python -m nrc_jax.plot", usage="WORKDIR [WORKDIR ...] --out=DIR",
+                             doc=__doc__, num_args=(1, None), list_flags=("table-from-data",))
+    return cli.namespace(fv, workdirs=workdirs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

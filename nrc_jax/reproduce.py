@@ -18,7 +18,6 @@ gradient-descent iterations (tests use a tiny value). User errors print one line
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -346,18 +345,26 @@ def reproduce(out: str | pathlib.Path = "results/quick", workdirs: str | pathlib
     return {"timings": timings, "written": written, "wall_s": timings[-1].wall_s, "cpu_s": timings[-1].cpu_s}
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nrc_jax.reproduce", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="results/quick", help="folder for figures, tables and summary.md")
-    parser.add_argument("--workdirs", default="workdirs/quick", help="folder of the stages' workdirs")
-    parser.add_argument("--fresh", action="store_true", help="start every stage over (delete its workdir)")
-    parser.add_argument("--only", nargs="+", default=[], metavar="STAGE",
-                        help=f"run only these stages ({', '.join(s.name for s in STAGES)})")
-    parser.add_argument("--epochs-scale", type=float, default=1.0,
-                        help="multiply the training stages' epochs and the UFM study's iterations (e.g. 0.01 for a smoke run)")
-    parser.add_argument("--num-devices", type=int, default=-1,
-                        help="devices of the training mesh (-1: all; the default)")
-    return parser.parse_args(argv)
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("out", "results/quick", "folder for figures, tables and summary.md", flag_values=fv)
+    flags.DEFINE_string("workdirs", "workdirs/quick", "folder of the stages' workdirs", flag_values=fv)
+    flags.DEFINE_boolean("fresh", False, "start every stage over (delete its workdir)", flag_values=fv)
+    flags.DEFINE_list("only", [], f"STAGE,STAGE (or STAGE STAGE ...): run only these stages "
+                      f"({', '.join(s.name for s in STAGES)})", flag_values=fv)
+    flags.DEFINE_float("epochs-scale", 1.0, "multiply the training stages' epochs and the UFM study's iterations "
+                       "(e.g. 0.01 for a smoke run)", flag_values=fv)
+    flags.DEFINE_integer("num-devices", -1, "devices of the training mesh (-1: all; the default)", flag_values=fv)
+
+
+def parse_args(argv: Sequence[str]):
+    """The command line as a namespace: out, workdirs, fresh, only, epochs_scale, num_devices."""
+    from nrc_jax import cli
+
+    fv, _ = cli.parse(argv, _define_flags, prog="python -m nrc_jax.reproduce", usage="[flags]", doc=__doc__,
+                      list_flags=("only",))
+    return cli.namespace(fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

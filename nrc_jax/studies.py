@@ -27,7 +27,6 @@ writes `<out>/<study>_<dataset>.json` (every number), `.md` (the table) and `.pn
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -281,21 +280,34 @@ def _floats(text: str) -> list[float]:
         raise ConfigError(f"expected comma-separated numbers, got {text!r}") from e
 
 
+STUDIES = ("preprocessing", "multitask")
+
+
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_string("dataset", "swimmer", "data.name (swimmer, hopper, npz, sgemm, ...)", flag_values=fv)
+    flags.DEFINE_string("data-path", "", "data.path for file-based data sets", flag_values=fv)
+    flags.DEFINE_integer("epochs", 2000, "training epochs of every run", flag_values=fv)
+    flags.DEFINE_string("widths", "256,256,256", "hidden layer widths", flag_values=fv)
+    flags.DEFINE_float("lr", 1e-3, "Adam learning rate", flag_values=fv)
+    flags.DEFINE_integer("batch-size", 1000, "minibatch size", flag_values=fv)
+    flags.DEFINE_string("lambdas", "0.1,0.5,1.0", "UFM lambda_H = lambda_W values ('' for none)", flag_values=fv)
+    flags.DEFINE_string("decays", "", "weight-decay values (approximate mapping c = wd^2)", flag_values=fv)
+    flags.DEFINE_string("transforms", ",".join(TRANSFORMS), "preprocessing study only", flag_values=fv)
+    flags.DEFINE_string("workdir", "", "where the runs go (default: a temporary folder)", flag_values=fv)
+    flags.DEFINE_string("out", "results/studies", "folder for the tables, JSON and figure", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nrc_jax.studies", description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", choices=("preprocessing", "multitask"))
-    parser.add_argument("--dataset", default="swimmer", help="data.name (swimmer, hopper, npz, sgemm, ...)")
-    parser.add_argument("--data-path", default="", help="data.path for file-based data sets")
-    parser.add_argument("--epochs", type=int, default=2000)
-    parser.add_argument("--widths", default="256,256,256")
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--batch-size", type=int, default=1000)
-    parser.add_argument("--lambdas", default="0.1,0.5,1.0", help="UFM lambda_H = lambda_W values ('' for none)")
-    parser.add_argument("--decays", default="", help="weight-decay values (approximate mapping c = wd^2)")
-    parser.add_argument("--transforms", default=",".join(TRANSFORMS), help="preprocessing study only")
-    parser.add_argument("--workdir", default="", help="where the runs go (default: a temporary folder)")
-    parser.add_argument("--out", default="results/studies")
-    args = parser.parse_args(argv)
+    from nrc_jax import cli
+
+    prog = "python -m nrc_jax.studies"
+    fv, (study,) = cli.parse(argv, _define_flags, prog=prog, usage=f"{{{','.join(STUDIES)}}} [flags]", doc=__doc__,
+                             num_args=(1, 1))
+    if study not in STUDIES:
+        raise cli.UsageError(f"{prog}: study {study!r}: allowed {', '.join(STUDIES)}")
+    args = cli.namespace(fv, study=study)
     try:
         widths = [int(w) for w in _floats(args.widths)]
         config = study_config(args.dataset, epochs=args.epochs, widths=widths, lr=args.lr, batch_size=args.batch_size)

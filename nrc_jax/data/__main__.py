@@ -15,11 +15,11 @@ non-finite values, unknown name or field) print one message without a traceback 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
+import types
 from typing import Any, Sequence
 
 import numpy as np
@@ -75,7 +75,7 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def describe(args: argparse.Namespace) -> int:
+def describe(args: types.SimpleNamespace) -> int:
     row = table1_row(load_dataset(data_config(args.name, args.path, args.set)))
     if args.json:
         print(json.dumps(row))
@@ -99,7 +99,7 @@ def write_npz_atomically(out: str, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def export(args: argparse.Namespace) -> int:
+def export(args: types.SimpleNamespace) -> int:
     data = load_dataset(data_config(args.name, args.path, args.set))
     if data.streamed:
         raise DataError(f"data set {data.name!r} is streamed from disk (larger than data.max_in_memory_mb); export "
@@ -117,7 +117,7 @@ def local_datasets() -> list[str]:
     return [name for name in known_datasets() if name not in PATH_DATASETS]
 
 
-def table(args: argparse.Namespace) -> int:
+def table(args: types.SimpleNamespace) -> int:
     names = args.names or local_datasets()
     rows, failures = [], []
     for name in names:
@@ -134,44 +134,58 @@ def table(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if failures else 0
 
 
-def list_names(_: argparse.Namespace) -> int:
+def list_names(_: types.SimpleNamespace) -> int:
     for name in known_datasets():
         print(name + ("" if name in local_datasets() else "  (needs data.path)"))
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m nrc_jax.data", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+# command: (function, positional argument names (a trailing "*" takes any number), flags it accepts)
+COMMANDS = {
+    "describe": (describe, ("name",), ("json", "path", "set")),
+    "export": (export, ("name", "out"), ("path", "set")),
+    "table": (table, ("names*",), ("json", "set")),
+    "list": (list_names, (), ()),
+}
 
-    def add_config_options(p: argparse.ArgumentParser, with_path: bool = True) -> None:
-        if with_path:
-            p.add_argument("--path", default=None, help="data.path: the file or folder of the data set")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="set a data config field (repeatable), e.g. --set train_size=500")
 
-    p = commands.add_parser("describe", help="print the Table 1 row of a data set")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    add_config_options(p)
-    p.set_defaults(run=describe)
-    p = commands.add_parser("export", help="write x_train, y_train, x_test, y_test to an .npz")
-    p.add_argument("name")
-    p.add_argument("out")
-    add_config_options(p)
-    p.set_defaults(run=export)
-    p = commands.add_parser("table", help="print Table 1 for local data sets")
-    p.add_argument("names", nargs="*", help="data sets (default: every set that needs no data.path)")
-    p.add_argument("--json", action="store_true", help="a JSON list of rows")
-    add_config_options(p, with_path=False)
-    p.set_defaults(run=table)
-    p = commands.add_parser("list", help="the known data set names")
-    p.set_defaults(run=list_names)
-    return parser
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_boolean("json", False, "describe: one JSON object; table: a JSON list of rows", flag_values=fv)
+    flags.DEFINE_string("path", None, "data.path: the file or folder of the data set (describe, export)",
+                        flag_values=fv)
+    flags.DEFINE_multi_string("set", [], "KEY=VALUE: set a data config field (repeatable), e.g. "
+                              "--set train_size=500", flag_values=fv)
+
+
+def parse_args(argv: Sequence[str] | None) -> types.SimpleNamespace:
+    """The command line as a namespace: command, run (its function), its positional arguments and
+    the flags; a flag the command does not take is a usage error."""
+    from nrc_jax import cli
+
+    prog = "python -m nrc_jax.data"
+    fv, positional = cli.parse(argv, _define_flags, prog=prog, usage="{describe,export,table,list} ... [flags]",
+                               doc=__doc__, num_args=(1, None))
+    command, rest = positional[0], positional[1:]
+    if command not in COMMANDS:
+        raise cli.UsageError(f"{prog}: unknown command {command!r}; allowed {', '.join(COMMANDS)}")
+    run, names, allowed = COMMANDS[command]
+    wrong = [f"--{name}" for name in fv if fv[name].present and name not in allowed]
+    if wrong:
+        raise cli.UsageError(f"{prog} {command}: does not take {', '.join(wrong)}")
+    if names and names[-1].endswith("*"):
+        values = {names[-1].rstrip("*"): rest}
+    elif len(rest) != len(names):
+        raise cli.UsageError(f"{prog} {command}: expected {' '.join(n.upper() for n in names) or 'no arguments'}, "
+                             f"got {rest or 'none'}")
+    else:
+        values = dict(zip(names, rest))
+    return types.SimpleNamespace(**cli.namespace(fv).__dict__, **values, command=command, run=run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.run(args)
     except UserError as e:

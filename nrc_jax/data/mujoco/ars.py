@@ -14,7 +14,6 @@ so the result does not depend on how the run was cut into chunks.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -151,16 +150,24 @@ def export_expert(spec: EnvSpec, config: ARSConfig, state: ARSState, path: str, 
     return returns
 
 
+def _define_flags(fv) -> None:
+    from absl import flags
+
+    flags.DEFINE_integer("seed", 0, "ARS seed", flag_values=fv)
+    flags.DEFINE_integer("max-episodes", None, "total episode budget (default per env)", flag_values=fv)
+    flags.DEFINE_float("max-seconds", 540.0, "wall time of this chunk", flag_values=fv)
+    flags.DEFINE_string("state", None, "resumable state (default ~/.cache/nrc_jax/ars/ENV_seedS.npz)", flag_values=fv)
+    flags.DEFINE_string("expert-out", None, "expert file to write (default: the package's experts/ENV.npz)",
+                        flag_values=fv)
+    flags.DEFINE_boolean("fresh", False, "ignore an existing state file", flag_values=fv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nrc_jax.data.mujoco.ars", description=__doc__.split("\n")[0])
-    parser.add_argument("env", help=f"one of {sorted(ARS_CONFIGS)}")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-episodes", type=int, default=None, help="total episode budget (default per env)")
-    parser.add_argument("--max-seconds", type=float, default=540.0, help="wall time of this chunk")
-    parser.add_argument("--state", default=None, help="resumable state (default ~/.cache/nrc_jax/ars/ENV_seedS.npz)")
-    parser.add_argument("--expert-out", default=None, help="expert file to write (default: the package's experts/ENV.npz)")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing state file")
-    args = parser.parse_args(argv)
+    from nrc_jax import cli
+
+    fv, (env,) = cli.parse(argv, _define_flags, prog="python -m nrc_jax.data.mujoco.ars",
+                           usage=f"ENV [flags]  (ENV one of {sorted(ARS_CONFIGS)})", doc=__doc__, num_args=(1, 1))
+    args = cli.namespace(fv, env=env)
     try:
         if args.env not in ARS_CONFIGS:
             raise ConfigError(f"unknown environment {args.env!r} (env); known: {', '.join(sorted(ARS_CONFIGS))}")

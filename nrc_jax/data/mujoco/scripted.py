@@ -6,7 +6,6 @@ never used for tuning) and writes `experts/reacher.npz`.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -35,9 +34,16 @@ def tune(kp_grid=KP_GRID, kd_grid=KD_GRID) -> tuple[ReacherPDPolicy, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nrc_jax.data.mujoco.scripted", description=__doc__.split("\n")[0])
-    parser.add_argument("--expert-out", default=str(ENV_SPECS["reacher"].expert_path))
-    args = parser.parse_args(argv)
+    from absl import flags
+
+    from nrc_jax import cli
+
+    def define(fv) -> None:
+        flags.DEFINE_string("expert-out", str(ENV_SPECS["reacher"].expert_path), "expert file to write",
+                            flag_values=fv)
+
+    fv, _ = cli.parse(argv, define, prog="python -m nrc_jax.data.mujoco.scripted", usage="[flags]", doc=__doc__)
+    args = cli.namespace(fv)
     policy, tuned = tune()
     returns = evaluate(ENV_SPECS["reacher"], policy, num_episodes=10)
     save_policy(args.expert_out, policy, eval_returns=returns, trainer=np.array("grid_search_pd"),
