@@ -34,20 +34,18 @@ Launch (resumes from WORKDIR when rerun):
   python -m nrc_jax.plot runs/fig2_swimmer runs/fig5_wd_swimmer --out figures/
   python -m nrc_jax.reproduce            # all quick runs, figures and tables -> results/quick/
 
-Runtime. Quick (measured by `python -m nrc_jax.reproduce` on this project's shared 2-core CPU at
-load 9-15, compile included, wall / process CPU; results/quick/summary.md): fig5_wd_swimmer,quick
-2m12s / 56 s, fig5_wd_reacher,quick 1m48s / 48 s, fig5_wd_hopper,quick 1m35s / 44 s,
-fig6_ufm_swimmer,quick 1m58s / 64 s, fig2_synthetic_images,quick 3m22s / 94 s (about half of it
-compiling the ResNet18). On the quiet machine (load ~1-2) the same stages took 19-25 s wall
-each (ResNet18: 62 s), the whole job 3m07s with --fresh. Not measured: the other quick variants cost about the same per model
-(fig2_*,quick of a MuJoCo set ~ half its fig5 sweep; CARLA/UTKFace quick need their data).
-Full scale (ESTIMATES, not measured): from the per-epoch times of the 3 x 256 MLP at batch 256 in
-results/bench.md (idle 2-core CPU, one model: 8.3 ms wall per epoch on 1,000 rows, 84 ms on
-10,000 rows; sweeps give no extra throughput on 2 cores): fig2_swimmer 1e6 epochs x 3 seeds ~ 7 h
-(the paper reports ~16 h of CPU per run), fig2_reacher 1.5e6 x 3 ~ 10 h, fig2_hopper 2e5 x 3 ~ 14 h; a
-5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* 1e4 epochs x 15 models ~ 0.4 h
-(Swimmer, Reacher) to 3.5 h (Hopper). On a GPU the vmapped sweep trains all members in one program
-(not measured: no GPU was lent so far). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000,
+Runtime (this project's 2-core CPU; see results/quick/summary.md and results/paper/README.md for
+the measured runs behind these figures). Quick: each MuJoCo stage of `make run` takes about 20-25 s
+wall on the quiet machine and 1 min under load, the ResNet18 stage about a minute (half of it
+compiling), the whole job 3-8 min. Paper settings, measured on the loaded machine (two or more jobs
+beside it): fig2_swimmer,hundredth,seed0,with_zero (1e4 epochs, 2 models) 12 min wall / 217 s
+CPU, i.e. about 11 ms of CPU per model-epoch at Swimmer size; on the idle machine results/bench.md
+measured 8.3 ms wall per model-epoch (Swimmer) and 84 ms (Hopper, 10x the rows). ESTIMATES from
+those: fig2_swimmer at full length (1e6 epochs x 3 seeds) ~ 7-9 h, fig2_reacher (1.5e6 x 3) ~ 10-14
+h, fig2_hopper (2e5 x 3) ~ 14 h; `,tenth,seed0,with_zero` is 3/20 of that; a 5-value weight-decay
+sweep 5/3 of its fig2 run; fig6_ufm_* (1e4 epochs x 15 models) ~ 0.4 h (Swimmer, Reacher) to 3.5 h
+(Hopper). A GPU trains the vmapped members in one program (benchmarks/device_check projects the
+grid there). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000,
 ResNet34) need a GPU: of the order of a day and of an hour on one modern GPU (estimate from ~1.8
 GFLOP per ResNet18 forward at 224x224, 3x for a training step).
 """
