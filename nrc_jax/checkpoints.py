@@ -10,12 +10,15 @@ to read is skipped with a warning naming it and moved to `checkpoints_unreadable
 """
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -26,10 +29,12 @@ import orbax.checkpoint as ocp
 
 from nrc_jax import optim
 from nrc_jax.data import RegressionData
-from nrc_jax.errors import ConfigError
+from nrc_jax.errors import ConfigError, DiskFullError
 
 log = logging.getLogger(__name__)
 
+# Room kept free beyond a checkpoint's array bytes (Orbax's metadata files, the JSON items).
+SAVE_MARGIN_BYTES = 1 << 20
 # Config fields that may change between a run and its resumption (they do not change the math).
 # train.eval_every only picks the epochs evaluated (the PCA warm start it carries is for metrics).
 RESUME_MUTABLE = ("mesh.num_devices", "mesh.member_devices", "train.progress_bar", "train.max_to_keep",
@@ -130,7 +135,10 @@ class Checkpoints:
         """Starts an async save of `state` at step `epoch` (returns once arrays are copied off device).
 
         `history`: the metrics rows logged so far, strict JSON (`writers.rows_to_json`; not mutated later).
+        Raises DiskFullError, before writing anything, when the disk lacks room for the checkpoint.
         """
+        self.needed_bytes = checkpoint_bytes(state, history)
+        check_free_space(self.directory, self.needed_bytes, f"the checkpoint of epoch {epoch}")
         items = {"state": ocp.args.StandardSave(state),
                  "meta": ocp.args.JsonSave({**self.meta, "epoch": int(epoch)})}
         if history is not None:
@@ -201,9 +209,109 @@ class Checkpoints:
         return self.manager.restore(step, args=args)["state"]
 
     def close(self) -> None:
-        """Waits for pending async saves, then releases the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
+        """Waits for pending async saves, then releases the manager (also when a save failed)."""
+        try:
+            self.manager.wait_until_finished()
+        finally:
+            self.manager.close()
+
+
+def checkpoint_bytes(state: Any, history: list[dict] | None = None) -> int:
+    """Bytes a checkpoint of `state` (its global arrays) and `history` needs on disk, margin included."""
+    arrays = sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize for leaf in jax.tree.leaves(state))
+    return arrays + (len(json.dumps(history)) if history else 0) + SAVE_MARGIN_BYTES
+
+
+def _free_bytes(directory: str) -> int:
+    existing = directory
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    return shutil.disk_usage(existing).free
+
+
+def _human(num_bytes: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return ""
+
+
+def check_free_space(directory: str, needed: int, what: str) -> None:
+    """Raises DiskFullError naming `directory`, the free and the needed bytes if `needed` do not fit."""
+    free = _free_bytes(directory)
+    if free < needed:
+        raise DiskFullError(f"no space left on the device of {directory} for {what}: {_human(free)} free "
+                            f"({free} bytes), about {_human(needed)} needed ({needed} bytes); free some space "
+                            "or use another --workdir, then run the same command to resume")
+
+
+def _disk_full_text(error: BaseException) -> str | None:
+    """The message of the first exception in `error`'s chain that is a full disk (errno 28 or
+    tensorstore's RESOURCE_EXHAUSTED 'No space left on device'), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        text = str(error)
+        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+            return text
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def as_disk_full(error: BaseException, workdir: str) -> DiskFullError | None:
+    """A DiskFullError for an exception caused by a full disk (naming the free bytes and what a
+    checkpoint needs), after deleting the partial checkpoint it left; None for other exceptions."""
+    text = _disk_full_text(error)
+    if text is None:
+        return None
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    partial = glob.glob(os.path.join(glob.escape(directory), "*.orbax-checkpoint-tmp*"))
+    if jax.process_index() == 0:
+        for path in partial:
+            shutil.rmtree(path, ignore_errors=True)
+    steps = [p for p in glob.glob(os.path.join(glob.escape(directory), "*")) if os.path.basename(p).isdigit()]
+    sizes = [sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(step) for f in files) for step in steps]
+    free = _free_bytes(workdir)
+    needed = f"a checkpoint takes about {_human(max(sizes))}" if sizes else "no checkpoint was complete yet"
+    cause = text.strip().splitlines()[0]
+    cause = cause.split("Failed writing: ")[-1].split(" [")[0][:200]
+    removed = f"; removed the partial checkpoint {', '.join(os.path.basename(p) for p in partial)}" if partial else ""
+    return DiskFullError(f"no space left on the device of {workdir} ({cause}): {_human(free)} free ({free} "
+                         f"bytes), {needed}{removed}; free some space or use another --workdir, then run the "
+                         "same command to resume")
+
+
+def _is_shutdown_noise(error: BaseException | None) -> bool:
+    """Orbax/tensorstore callbacks that fire after an aborted async operation closed its event loop."""
+    return (isinstance(error, RuntimeError) and str(error) == "Event loop is closed") or (
+        isinstance(error, ImportError) and "Python is likely shutting down" in str(error))
+
+
+def silence_async_noise() -> None:
+    """Drops the 'Event loop is closed' tracebacks tensorstore prints when an Orbax save or restore
+    fails part-way (its pending reads and writes complete into a closed loop), and the 'Python is
+    likely shutting down' ones of writes still pending at exit. Every other error prints as before.
+    For command-line entry points (it replaces sys.excepthook and sys.unraisablehook)."""
+    excepthook, unraisablehook = sys.excepthook, sys.unraisablehook
+
+    def quiet_excepthook(kind, value, traceback):
+        if not _is_shutdown_noise(value):
+            excepthook(kind, value, traceback)
+
+    def quiet_unraisablehook(unraisable):
+        if not _is_shutdown_noise(unraisable.exc_value):
+            unraisablehook(unraisable)
+
+    sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
+    logging.getLogger("absl").addFilter(_drop_orbax_thread_errors)
+
+
+def _drop_orbax_thread_errors(record: logging.LogRecord) -> bool:
+    """False for Orbax's error logs of a failed save or restore thread (with their tracebacks): the
+    same exception is raised to the caller (and printed once, as an `error:` line for a full disk)."""
+    return not ("orbax" in record.pathname and record.levelno >= logging.ERROR
+                and (record.exc_info or "raised an exception" in str(record.msg)))
 
 
 class StopOnSignal:

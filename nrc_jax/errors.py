@@ -13,5 +13,9 @@ class DataError(UserError, ValueError):
     """A data set is missing, malformed or non-finite; the message names the data set and path."""
 
 
+class DiskFullError(UserError, OSError):
+    """No space left for a run's outputs; the message names the folder, the free and needed bytes."""
+
+
 class DivergenceError(UserError, FloatingPointError):
     """Training produced a non-finite loss or metric; the message names the epochs and checkpoint."""

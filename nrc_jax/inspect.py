@@ -3,7 +3,8 @@
   python -m nrc_jax.inspect DIR [--step N] [--json] [--member K] [--export OUT.npz]
 
 Prints the config, the saved checkpoint steps, the parameter shapes (leading axis: sweep members),
-the latest logged metrics and W W^T of every member at the chosen step (default: the latest).
+the latest logged metrics and W W^T of every member at the chosen step (default: the newest
+readable one; unreadable newer steps are named on stderr, as `main` skips them on resume).
 `--export` also loads the data set and writes, for sweep member K (default 0), the train-set
 `features` (M, d), `weights` (n, d), `bias` (n,), `targets` (M, n), `predictions` (M, n) and, when
 the run had `metrics.per_layer`, `layer_features_<i>` (M, d_i) for each hidden layer.
@@ -38,29 +39,49 @@ def _tuples(config):
     return config
 
 
+def _read_step(ckpt, config, step: int) -> tuple[dict, Any, Any]:
+    """(meta, trainer, state) of one checkpoint step; raises whatever Orbax raises for a bad one."""
+    from nrc_jax import train
+
+    meta = ckpt.restore_meta(step)
+    trainer = train.Trainer(config, train.make_mesh(1), tuple(meta["input_shape"]), meta["out_dim"])
+    return meta, trainer, ckpt.restore_state(step, trainer.abstract_state(meta["members"]))
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0][:160]}"
+
+
 def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
-    """The run at `step` (default latest): config, steps, meta, host state, rows and the Trainer."""
-    from nrc_jax import checkpoints, train, writers
+    """The run at `step` (default: the newest readable step): config, steps, meta, host state, rows,
+    the Trainer and `skipped`, [(step, reason)] of newer steps that failed to read."""
+    from nrc_jax import checkpoints, writers
     from nrc_jax.errors import DataError
 
     config = _tuples(_load_config(workdir))
     ckpt = checkpoints.Checkpoints(workdir, meta={}, max_to_keep=config.train.max_to_keep, read_only=True)
+    skipped: list[tuple[int, str]] = []
     try:
         steps = ckpt.all_steps()
         if not steps:
             raise DataError(f"{ckpt.directory} holds no checkpoint")
-        if step is None:
-            step = steps[-1]
-        if step not in steps:
+        if step is not None and step not in steps:
             raise DataError(f"--step {step}: no checkpoint of that epoch in {ckpt.directory}; saved steps: {steps}")
-        meta = ckpt.restore_meta(step)
-        trainer = train.Trainer(config, train.make_mesh(1), tuple(meta["input_shape"]), meta["out_dim"])
-        state = ckpt.restore_state(step, trainer.abstract_state(meta["members"]))
+        for candidate in ([step] if step is not None else reversed(steps)):
+            try:
+                meta, trainer, state = _read_step(ckpt, config, candidate)
+                step = candidate
+                break
+            except Exception as e:  # noqa: BLE001 - any unreadable step: say which and why, try the next
+                skipped.append((candidate, _reason(e)))
+        else:
+            tried = "; ".join(f"{ckpt.directory}/{s}: {reason}" for s, reason in skipped)
+            raise DataError(f"no readable checkpoint in {ckpt.directory} ({tried})")
     finally:
         ckpt.close()
     rows = writers.read_metrics(workdir)
     return {"config": config, "steps": steps, "step": step, "meta": meta, "state": state,
-            "trainer": trainer, "rows": rows}
+            "trainer": trainer, "rows": rows, "skipped": skipped}
 
 
 def describe(run: dict) -> dict:
@@ -78,6 +99,7 @@ def describe(run: dict) -> dict:
         "config": run["config"].to_dict(),
         "steps": run["steps"],
         "step": run["step"],
+        "skipped_unreadable": [{"step": s, "reason": r} for s, r in run.get("skipped", [])],
         "members": run["meta"]["members"],
         "param_shapes": shapes,
         "num_params_per_member": int(sum(np.prod(s[1:]) for s in shapes.values())),
@@ -142,12 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.namespace(fv, workdir=workdir)
     from absl import logging as absl_logging
 
+    from nrc_jax import checkpoints
     from nrc_jax.errors import UserError
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only managers
-
+    checkpoints.silence_async_noise()
     try:
         run = load_run(args.workdir, args.step)
+        for step, reason in run["skipped"]:
+            print(f"warning: checkpoint of epoch {step} is unreadable ({reason}); read the checkpoint of "
+                  f"epoch {run['step']} instead", file=sys.stderr)
         info = describe(run)
         if args.export:
             export(run, args.export, args.member)

@@ -73,9 +73,11 @@ class WorkdirLock:
         self.workdir = workdir
         self.path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
         self._fd: int | None = None
+        self._created = False  # the workdir did not exist: removed again on release if still empty
 
     def acquire(self) -> "WorkdirLock":
         """Takes the lock or raises WorkdirBusyError naming the holder (ConfigError for a bad workdir)."""
+        self._created = not os.path.exists(self.workdir)
         check_workdir(self.workdir)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -136,6 +138,11 @@ class WorkdirLock:
         finally:
             os.close(self._fd)  # closing the only descriptor releases the flock
             self._fd = None
+        if self._created:
+            try:
+                os.rmdir(os.path.dirname(self.path))  # a run refused before writing anything
+            except OSError:
+                pass  # not empty: the run's outputs
 
     def __enter__(self) -> "WorkdirLock":
         return self.acquire()

@@ -27,8 +27,10 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         show_own_info_only()
-    from nrc_jax import distributed
+    from nrc_jax import checkpoints, distributed
     from nrc_jax.errors import UserError
+
+    checkpoints.silence_async_noise()
 
     try:
         distributed.maybe_initialize()  # multi-process start-up, before any JAX computation

@@ -386,6 +386,12 @@ def check_finite(rows: list[dict], previous_epoch: int, ckpt: checkpoints.Checkp
     """Raises DivergenceError naming the epochs and the last good checkpoint on a non-finite row."""
     for row in rows:
         bad = [k for k in DIVERGENCE_KEYS if not np.isfinite(row[k])]
+        if bad and row["epoch"] == 0:
+            raise DivergenceError(
+                f"non-finite {', '.join(bad[:6])} at the initial evaluation (epoch 0, before any training) for "
+                f"sweep member {row['sweep_index']} {row['sweep']}: not a divergence; the untrained model's "
+                "outputs overflow float32 on this data set: check the data's scale (inputs and targets) "
+                "and model.init; no metrics row was written")
         if bad:
             last = ckpt.latest_step()
             where = f"checkpoint of epoch {last} in {ckpt.directory}" if last is not None else "no checkpoint yet"
@@ -427,7 +433,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     validate.validate_config(config, num_devices=jax.device_count())  # before any loading or compiling
     workdir = validate.local_workdir(workdir)
     with locking.RunLock(workdir):
-        return _train_locked(config, workdir)
+        try:
+            return _train_locked(config, workdir)
+        except Exception as e:  # noqa: BLE001 - only a full disk is turned into a user error
+            disk_full = checkpoints.as_disk_full(e, workdir)
+            if disk_full is None:
+                raise
+            raise disk_full from None
 
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:

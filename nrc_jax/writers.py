@@ -33,6 +33,8 @@ SWEEP_FIELDS = ("seed", "lr", "weight_decay", "lambda_h", "lambda_w")
 METRICS_FILE, SUMMARY_FILE, CONFIG_FILE = "metrics.jsonl", "summary.json", "config.json"
 
 log = logging.getLogger(__name__)
+# Columns `RunWriter.finish` rewrites in every row (at the final best gamma).
+FINAL_REWRITTEN = ("nrc3", "nrc3_gamma")
 
 
 # --------------------------------------------------------------------- sweeps
@@ -148,22 +150,28 @@ def read_metrics(workdir: str) -> list[dict]:
     return rows
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
+def _replace_atomic(path: str, text: str) -> None:
+    """Writes `text` to path + ".tmp", fsyncs and renames it over `path`; a failed write (a full
+    disk) removes the temporary file and leaves `path` as it was."""
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(_nan_to_none(obj), f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    _replace_atomic(path, json.dumps(_nan_to_none(obj), indent=1))
 
 
 def _write_lines_atomic(path: str, rows: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(json_line(r) for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _replace_atomic(path, "".join(json_line(r) for r in rows))
 
 
 def _scalars(row: dict) -> dict[str, float]:
@@ -229,8 +237,11 @@ class RunWriter:
         """Says so when metrics.jsonl did not hold exactly the rows of the checkpoint resumed from."""
         if not resume_epoch:
             return
-        on_file = [json_line(r) for r in read_metrics(self.workdir) if r["epoch"] <= resume_epoch]
-        if on_file != [json_line(r) for r in self.history]:
+        def comparable(rows: list[dict]) -> list[str]:  # without the columns a finished run rewrites
+            return [json_line({k: v for k, v in r.items() if k not in FINAL_REWRITTEN}) for r in rows]
+
+        on_file = [r for r in read_metrics(self.workdir) if r["epoch"] <= resume_epoch]
+        if comparable(on_file) != comparable(self.history):
             log.warning("%s held %d rows up to epoch %d where the checkpoint holds %d: rewritten from the "
                         "checkpoint", self.path, len(on_file), resume_epoch, len(self.history))
 

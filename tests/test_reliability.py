@@ -130,6 +130,7 @@ def test_workdir_that_is_a_file_is_a_config_error(npz_path, tmp_path):
 
 def test_cli_second_run_exits_2_with_one_error_line(npz_path, tmp_path, cli_env):
     workdir = tmp_path / "run"
+    workdir.mkdir()
     with locking.WorkdirLock(str(workdir)):
         proc = subprocess.run(cli(workdir, npz_path), cwd=REPO, env=cli_env, capture_output=True, text=True,
                               timeout=RUN_TIMEOUT_S)
@@ -293,3 +294,201 @@ def test_files_vanishing_mid_run_are_recreated_with_a_warning(npz_path, straight
     assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
     assert_tensorboard_matches(workdir, writers.read_metrics(str(workdir)))
     assert json.load(open(workdir / writers.SUMMARY_FILE))["members"][0]["final"]["epoch"] == 6
+
+
+# --------------------------------------------------------------------- bad inputs
+def bad_npz_files(d) -> dict:
+    """name -> (path, texts the error must contain)."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(120, 5)).astype(np.float32), rng.normal(size=(120, 2)).astype(np.float32)
+    variants = {
+        "target dim 0": ({"y_train": np.zeros((100, 0), np.float32), "y_test": np.zeros((20, 0), np.float32)},
+                         ["train targets", "(100, 0)", "target dimension 0"]),
+        "inputs 1e30": ({"x_train": x[:100] * 1e30}, ["train inputs", "3.9e+30", "first at row 0", "1e+12"]),
+        "targets 1e30": ({"y_train": y[:100] * 1e30}, ["train targets", "1e+12"]),
+        "float64 beyond float32": ({"x_test": x[100:].astype(np.float64) * 1e300},
+                                   ["test inputs", "beyond float32's range"]),
+        "complex targets": ({"y_train": y[:100] + 1j * y[:100]}, ["train targets", "complex dtype complex64"]),
+    }
+    out = {}
+    for i, (name, (arrays, texts)) in enumerate(variants.items()):
+        path = os.path.join(d, f"bad{i}.npz")
+        np.savez(path, **{"x_train": x[:100], "y_train": y[:100], "x_test": x[100:], "y_test": y[100:], **arrays})
+        out[name] = (path, texts + [path])
+    return out
+
+
+BAD_DATA = ["target dim 0", "inputs 1e30", "targets 1e30", "float64 beyond float32", "complex targets"]
+
+
+@pytest.mark.parametrize("name", BAD_DATA)
+def test_bad_data_is_one_data_error_naming_file_and_cause(name, tmp_path):
+    from nrc_jax.data.npz import load_npz
+
+    path, texts = bad_npz_files(str(tmp_path))[name]
+    with pytest.raises(DataError) as error:
+        load_npz(path)
+    for text in texts:
+        assert text in str(error.value), str(error.value)
+
+
+def test_non_finite_initial_evaluation_is_not_called_a_divergence():
+    row = {"epoch": 0, "sweep_index": 0, "sweep": {}, "loss": float("inf"), "train_mse": float("inf"),
+           "test_mse": 1.0, "w_norm": 1.0, "h_norm_sq": float("nan")}
+    with pytest.raises(train.DivergenceError) as error:
+        train.check_finite([row], 0, None)
+    message = str(error.value)
+    assert "initial evaluation" in message and "data's scale" in message and "diverged" not in message
+
+
+def test_a_full_disk_is_one_error_and_leaves_no_partial_checkpoint(npz_path, tmp_path, monkeypatch):
+    from nrc_jax import checkpoints
+    from nrc_jax.errors import DiskFullError
+
+    monkeypatch.setattr(checkpoints, "_free_bytes", lambda directory: 5000)  # checked before each save
+    with pytest.raises(DiskFullError) as error:
+        train.train_and_evaluate(make_config(npz_path), str(tmp_path))
+    message = str(error.value)
+    assert "no space left" in message and "5000 bytes" in message and "needed" in message
+    assert os.listdir(tmp_path / "checkpoints") == []
+    assert not os.path.exists(tmp_path / locking.LOCK_FILE)
+
+
+def test_no_space_while_writing_rows_is_a_disk_full_error(npz_path, tmp_path, monkeypatch):
+    import errno
+
+    from nrc_jax.errors import DiskFullError
+
+    original = writers.RunWriter.write
+
+    def full_at_epoch_4(self, rows):
+        if rows[0]["epoch"] == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, rows)
+
+    monkeypatch.setattr(writers.RunWriter, "write", full_at_epoch_4)
+    with pytest.raises(DiskFullError, match="no space left on the device of .* free"):
+        train.train_and_evaluate(make_config(npz_path), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    monkeypatch.setattr(writers.RunWriter, "write", original)
+    train.train_and_evaluate(make_config(npz_path), str(tmp_path))  # resumes once there is room
+    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4, 6]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A mount point for a tmpfs of a given size (root only; skipped elsewhere)."""
+    mounted = []
+
+    def mount(size: str):
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                          capture_output=True).returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)  # -l: an in-process run may hold files open
+
+
+@pytest.mark.slow
+def test_cli_on_a_full_device(npz_path, small_disk, cli_env):
+    """A real full tmpfs: the pre-save check refuses the checkpoint that no longer fits."""
+    workdir = small_disk("1200k") / "run"
+    command = cli(workdir, npz_path, **{"train.epochs": 8, "train.eval_every": 1, "train.checkpoint_every": 1})
+    proc = subprocess.run(command, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr[-3000:]
+    (line,) = error_lines(proc.stderr)
+    assert "no space left" in line and " free (" in line and " needed (" in line
+    assert not [d for d in os.listdir(workdir / "checkpoints") if not d.isdigit()]
+
+
+@pytest.mark.slow
+def test_no_space_inside_an_async_save_removes_the_partial_checkpoint(npz_path, small_disk, monkeypatch):
+    """Orbax's own write fails (no margin left for the pre-save check): still one DiskFullError."""
+    from nrc_jax import checkpoints
+    from nrc_jax.errors import DiskFullError
+
+    monkeypatch.setattr(checkpoints, "SAVE_MARGIN_BYTES", 0)
+    workdir = small_disk("300k") / "run"
+    with pytest.raises(DiskFullError) as error:
+        train.train_and_evaluate(make_config(npz_path, **{"train.epochs": 12, "train.eval_every": 1,
+                                                          "train.checkpoint_every": 1}), str(workdir))
+    assert "No space left on device" in str(error.value) and "free" in str(error.value)
+    assert not [d for d in os.listdir(workdir / "checkpoints") if not d.isdigit()]
+
+
+# --------------------------------------------------------------------- inspect falls back
+def manifest_deleted(step_dir):
+    os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
+
+
+def test_inspect_reads_the_newest_readable_checkpoint_and_says_which(straight, tmp_path, capsys):
+    from nrc_jax import inspect
+
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight[0], workdir)
+    manifest_deleted(str(workdir / "checkpoints" / "6"))
+    assert inspect.main([str(workdir), "--json"]) == 0
+    out, err = capsys.readouterr()
+    info = json.loads(out)
+    assert info["step"] == 4 and info["skipped_unreadable"][0]["step"] == 6
+    assert "checkpoint of epoch 6 is unreadable" in err and "read the checkpoint of epoch 4 instead" in err
+    assert inspect.main([str(workdir), "--step", "6"]) == 2  # asked for explicitly: an error, not a fall-back
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "no readable checkpoint" in line and "/6:" in line
+
+
+@pytest.mark.slow
+def test_cli_resume_and_inspect_past_a_deleted_manifest_print_no_tracebacks(npz_path, straight, tmp_path, cli_env):
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(straight[0], workdir)
+    manifest_deleted(str(workdir / "checkpoints" / "6"))
+    inspected = subprocess.run([sys.executable, "-m", "nrc_jax.inspect", str(workdir)], cwd=REPO, env=cli_env,
+                               capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "showing step 4" in inspected.stdout
+    resumed = subprocess.run(cli(workdir, npz_path), cwd=REPO, env=cli_env, capture_output=True, text=True,
+                             timeout=RUN_TIMEOUT_S)
+    assert resumed.returncode == 0, resumed.stderr
+    for proc in (inspected, resumed):
+        assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr
+    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
+
+
+@pytest.fixture(scope="module")
+def cli_bad_inputs(npz_path, tmp_path_factory, cli_env):
+    """name -> (exit status, stderr, texts, workdir) of main on each bad input, run concurrently."""
+    root = tmp_path_factory.mktemp("bad_inputs")
+    a_file = root / "a_file"
+    a_file.write_text("x")
+    cases = {name: (cli(root / f"w{i}", path), texts, root / f"w{i}")
+             for i, (name, (path, texts)) in enumerate(bad_npz_files(str(root)).items())}
+    cases["workdir is a file"] = (cli(a_file, npz_path), [str(a_file), "is a file, not a directory"], a_file)
+    procs = {name: (subprocess.Popen(argv, cwd=REPO, env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True), texts, workdir) for name, (argv, texts, workdir) in cases.items()}
+    out = {}
+    for name, (proc, texts, workdir) in procs.items():
+        _, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+        out[name] = (proc.returncode, stderr, texts, workdir)
+    return out
+
+
+@pytest.mark.parametrize("name", BAD_DATA + ["workdir is a file"])
+def test_cli_bad_input_is_one_error_line_exit_2_and_no_workdir(cli_bad_inputs, name):
+    status, stderr, texts, workdir = cli_bad_inputs[name]
+    assert status == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    (line,) = error_lines(stderr)
+    for text in texts:
+        assert text in line, (text, line)
+    if name != "workdir is a file":
+        assert not os.path.exists(workdir)  # refused before anything was written

@@ -14,6 +14,11 @@ import numpy as np
 
 from nrc_jax.errors import DataError
 
+# The largest |value| accepted in inputs and targets. Training squares them (MSE, covariances, the
+# feature statistics) in float32, whose largest value is 3.4e38: (1e12)^2 summed over 1e7 rows is
+# 1e31, still far from overflow. Larger values are refused with a hint to rescale the data.
+MAX_MAGNITUDE = 1e12
+
 
 @runtime_checkable
 class ArraySource(Protocol):
@@ -86,7 +91,9 @@ def check_arrays(name: str, source: str, x: np.ndarray, y: np.ndarray, split: st
     """Validates one split and returns it as float32 with 2-D targets.
 
     Raises DataError naming the data set, the source path and what is wrong: row-count mismatch
-    (message says "rows"), non-finite values (count and first index, message says "nan"/"inf").
+    (message says "rows"), targets of dimension 0, complex or non-numeric dtypes, non-finite values
+    (count and first index, message says "nan"/"inf"), values beyond `MAX_MAGNITUDE` (float32's
+    range included: float64 values that would overflow on conversion).
     """
     x = x if is_streamed(x) else np.asarray(x)
     y = np.asarray(y)
@@ -98,7 +105,13 @@ def check_arrays(name: str, source: str, x: np.ndarray, y: np.ndarray, split: st
         raise DataError(
             f"data set {name!r} ({source}): {split} inputs have {x.shape[0]} rows but targets have "
             f"{y.shape[0]} rows; x and y need the same number of rows")
+    if y.shape[1] == 0:
+        raise DataError(f"data set {name!r} ({source}): {split} targets have shape {y.shape}: target "
+                        "dimension 0; need at least one target column")
     for label, dtype in (("inputs", x.dtype), ("targets", y.dtype)):
+        if np.issubdtype(dtype, np.complexfloating):
+            raise DataError(f"data set {name!r} ({source}): {split} {label} have complex dtype {dtype}; "
+                            "expected real numbers (split real and imaginary parts into columns)")
         if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
             raise DataError(f"data set {name!r} ({source}): {split} {label} have dtype {dtype}; expected numbers")
     if x.shape[0] == 0:
@@ -113,17 +126,35 @@ def check_arrays(name: str, source: str, x: np.ndarray, y: np.ndarray, split: st
                 raise DataError(
                     f"data set {name!r} ({source}): {split} {label} contain {int(bad.sum())} non-finite "
                     f"values ({kinds}/inf check), first at row {int(rows[0])}")
+        check_magnitude(name, source, arr, f"{split} {label}")
     if not is_streamed(x) and x.dtype != np.uint8:
         x = x.astype(np.float32)
     return x, y.astype(np.float32)
 
 
+def check_magnitude(name: str, source: str, arr: np.ndarray, what: str) -> None:
+    """Raises DataError when a value of `arr` (finite, real; any shape (M, ...)) exceeds MAX_MAGNITUDE."""
+    if arr.size == 0 or np.issubdtype(arr.dtype, np.bool_) or (
+            np.issubdtype(arr.dtype, np.integer) and np.iinfo(arr.dtype).max <= MAX_MAGNITUDE):
+        return
+    largest = max(abs(float(arr.max())), abs(float(arr.min())))  # no copy of a large array
+    if largest > MAX_MAGNITUDE:
+        flat = np.abs(arr.reshape(arr.shape[0], -1).astype(np.float64))
+        row = int(np.flatnonzero((flat > MAX_MAGNITUDE).any(axis=1))[0])
+        beyond = " (beyond float32's range, 3.4e38)" if largest > float(np.finfo(np.float32).max) else ""
+        raise DataError(f"data set {name!r} ({source}): {what} reach |value| = {largest:.3g}{beyond}, first at "
+                        f"row {row}; the largest accepted is {MAX_MAGNITUDE:g} (squares must fit float32): "
+                        "rescale the data (standardize the inputs; data.target_transform='standardize' for targets)")
+
+
 def check_finite_batch(name: str, source: str, x: np.ndarray) -> np.ndarray:
-    """Non-finite check for one streamed batch of inputs (lazy sources are checked as they are read)."""
+    """Non-finite and magnitude check for one streamed batch of inputs (lazy sources are checked as
+    they are read)."""
     bad = ~np.isfinite(x.reshape(x.shape[0], -1)).all(axis=1)
     if bad.any():
         raise DataError(f"data set {name!r} ({source}): inputs contain nan/inf, first in batch row "
                         f"{int(np.flatnonzero(bad)[0])}")
+    check_magnitude(name, source, x, "inputs of a streamed batch")
     return x
 
 
