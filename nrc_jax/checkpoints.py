@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -246,36 +247,45 @@ def check_free_space(directory: str, needed: int, what: str) -> None:
                             "or use another --workdir, then run the same command to resume")
 
 
-def _disk_full_text(error: BaseException) -> str | None:
-    """The message of the first exception in `error`'s chain that is a full disk (errno 28 or
+def _disk_full_in_chain(error: BaseException) -> BaseException | None:
+    """The first exception in `error`'s chain that is a full disk (DiskFullError, errno 28 or
     tensorstore's RESOURCE_EXHAUSTED 'No space left on device'), else None."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        text = str(error)
-        if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in text:
-            return text
+        if (isinstance(error, DiskFullError) or getattr(error, "errno", None) == errno.ENOSPC
+                or "No space left on device" in str(error)):
+            return error
         error = error.__cause__ or error.__context__
     return None
+
+
+def _failed_path(text: str, workdir: str) -> str:
+    """The file a failed write names (tensorstore: 'Failed writing: "PATH"'), relative to workdir."""
+    match = re.search(r'Failed writing: "([^"]+)"', text) or re.search(r"'([^']+)'", text)
+    if match is None:
+        return (text.strip().splitlines() or [""])[0][:200]
+    return f"writing {os.path.relpath(match.group(1), workdir)}"
 
 
 def as_disk_full(error: BaseException, workdir: str) -> DiskFullError | None:
     """A DiskFullError for an exception caused by a full disk (naming the free bytes and what a
     checkpoint needs), after deleting the partial checkpoint it left; None for other exceptions."""
-    text = _disk_full_text(error)
-    if text is None:
+    full = _disk_full_in_chain(error)
+    if full is None:
         return None
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     partial = glob.glob(os.path.join(glob.escape(directory), "*.orbax-checkpoint-tmp*"))
     if jax.process_index() == 0:
         for path in partial:
             shutil.rmtree(path, ignore_errors=True)
+    if isinstance(full, DiskFullError):  # the check before a save: it has the exact figures
+        return full
     steps = [p for p in glob.glob(os.path.join(glob.escape(directory), "*")) if os.path.basename(p).isdigit()]
     sizes = [sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(step) for f in files) for step in steps]
     free = _free_bytes(workdir)
     needed = f"a checkpoint takes about {_human(max(sizes))}" if sizes else "no checkpoint was complete yet"
-    cause = text.strip().splitlines()[0]
-    cause = cause.split("Failed writing: ")[-1].split(" [")[0][:200]
+    cause = _failed_path(str(full), os.path.abspath(workdir))
     removed = f"; removed the partial checkpoint {', '.join(os.path.basename(p) for p in partial)}" if partial else ""
     return DiskFullError(f"no space left on the device of {workdir} ({cause}): {_human(free)} free ({free} "
                          f"bytes), {needed}{removed}; free some space or use another --workdir, then run the "
@@ -305,6 +315,13 @@ def silence_async_noise() -> None:
 
     sys.excepthook, sys.unraisablehook = quiet_excepthook, quiet_unraisablehook
     logging.getLogger("absl").addFilter(_drop_orbax_thread_errors)
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved_futures)
+
+
+def _drop_unretrieved_futures(record: logging.LogRecord) -> bool:
+    """False for asyncio's 'exception was never retrieved' of an Orbax write abandoned after the
+    first failure (nrc_jax itself runs no asyncio code)."""
+    return "exception was never retrieved" not in str(record.msg)
 
 
 def _drop_orbax_thread_errors(record: logging.LogRecord) -> bool:
