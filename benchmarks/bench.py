@@ -1,19 +1,27 @@
-"""Issue 7 benchmark: nrc_jax against the published-style PyTorch loop, on this machine, in one run.
+"""Benchmarks (issues 7 and 19): nrc_jax against two PyTorch loops on this machine, in one run.
 
-    .venv/bin/python benchmarks/bench.py [--quick] [--out results/bench.md] [--sections ...]
+    .venv/bin/python benchmarks/bench.py [--quick | --dry] [--out results/bench.md] [--sections ...]
+
+The two references: "published" (`torch_reference.py`, the paper's DataLoader loop, sklearn PCA,
+Gram-Schmidt, a Python gamma loop) and "competent" (`torch_competent.py`, the data set as tensors,
+index batches, torch eigh, the gamma grid at once). The ceiling: the matmul-peak bound, the model's
+matmul FLOPs at the measured peak rate. Every ratio in the report names its reference.
 
 Sections (each prints its raw numbers; the markdown report collects them):
   peak     f32 matmul rate of this machine with the same JAX (jitted jnp.dot, square matrices).
-  metrics  the NRC computation alone on the same features: nrc_jax.metrics vs the reference's
-           sklearn PCA + Gram-Schmidt + gamma loop.
+  metrics  the NRC computation alone on the same features: nrc_jax.metrics vs the published
+           reference's sklearn PCA + Gram-Schmidt + gamma loop and the competent one's torch eigh.
   train    ms/epoch of training: marginal time per epoch of nrc_jax's compiled `train_chunk`
-           (difference of two chunk lengths, so evaluation and dispatch cancel) vs the reference
-           DataLoader loop; fraction of the matmul peak reached.
+           (difference of two chunk lengths, so evaluation and dispatch cancel) vs both reference
+           loops; fraction of the matmul peak reached.
   eval     full NRC evaluations per second (forward over train and test sets + every metric).
   e2e      end-to-end epochs/s with an evaluation every 10 epochs.
   sweep    K = 1, 4, 8 models trained in one vmapped program, model-epochs/s.
-  cli      the issue's check: marginal time per epoch of `python -m nrc_jax.main
-           --config=configs/mlp.py` (two run lengths) vs the reference script, on a temp .npz.
+  cli      whole processes: marginal time per epoch of `python -m nrc_jax.main
+           --config=configs/mlp.py` (two run lengths) vs both reference scripts, on a temp .npz.
+
+`--dry` runs every section at a tiny size in about a minute (a test of the script, not a report:
+nothing is written unless --out is given).
 
 Timings are medians of repeated runs; the first call of every compiled function is timed apart
 as "compile". FLOPs are counted from the model: a dense layer costs 2*fan_in*fan_out per sample
@@ -56,7 +64,9 @@ class Size:
     out_dim: int
 
 
-SIZES = {"swimmer": Size("swimmer", 1000, 8, 2), "hopper": Size("hopper", 10000, 11, 3)}
+SIZES = {"swimmer": Size("swimmer", 1000, 8, 2), "hopper": Size("hopper", 10000, 11, 3),
+         "tiny": Size("tiny", 300, 4, 2)}  # tiny: --dry only
+REFERENCES = {"published": "torch_reference", "competent": "torch_competent"}  # label -> module in benchmarks/
 HIDDEN = (256, 256, 256)
 EVAL_EVERY = 10
 
@@ -143,22 +153,58 @@ def matmul_peak(sizes=(256, 1024, 2048), repeats: int = 7) -> dict[str, Any]:
             "peak_gflops_per_cpu_s": max(r["gflops_per_cpu_s"] for r in rows.values())}
 
 
-# ----------------------------------------------------------------------------- the reference
-def reference_run(size: Size, seed: int = 0):
+def train_floor_ms(size: Size, peak_gflops: float) -> float:
+    """ms per epoch of the training matmuls at the matmul peak (`train_flops_per_sample`)."""
+    return size.train * train_flops_per_sample(size.in_dim, size.out_dim) / (peak_gflops * 1e6)
+
+
+def eval_floor_ms(size: Size, peak_gflops: float) -> float:
+    """ms per evaluation of `eval_flops` at the matmul peak."""
+    return eval_flops(size) / (peak_gflops * 1e6)
+
+
+def e2e_ceiling(size: Size, peak_gflops: float) -> float:
+    """Epochs/s end to end (evaluation every EVAL_EVERY epochs) with every matmul at the peak."""
+    return EVAL_EVERY / ((EVAL_EVERY * train_floor_ms(size, peak_gflops) + eval_floor_ms(size, peak_gflops)) * 1e-3)
+
+
+# ----------------------------------------------------------------------------- the references
+def reference_run(size: Size, seed: int = 0, loop: str = "published"):
+    """A run of the reference `loop` (a key of REFERENCES) on random data of `size`."""
     import torch_reference
-    return torch_reference.make_run(*torch_reference.random_regression_data(size.train, size.in_dim, size.out_dim, seed))
+    module = importlib.import_module(REFERENCES[loop])
+    return module.make_run(*torch_reference.random_regression_data(size.train, size.in_dim, size.out_dim, seed))
 
 
-def bench_reference(size: Size, repeats: int, e2e_blocks: int) -> dict[str, float]:
+def bench_reference(size: Size, repeats: int, e2e_blocks: int, loop: str = "published",
+                    threads: tuple[int, ...] = ()) -> dict[str, Any]:
+    """The reference at its best torch thread count among `threads` (() = the current setting):
+    the row of `reference_at` with the most end-to-end epochs/s, plus `by_threads`."""
+    import torch
+
+    before = torch.get_num_threads()
+    rows = {}
+    for t in threads or (before,):
+        torch.set_num_threads(t)
+        rows[t] = reference_at(size, repeats, e2e_blocks, loop)
+    torch.set_num_threads(before)
+    best = max(rows, key=lambda t: rows[t]["e2e_epochs_per_s"])
+    return {**rows[best], "torch_threads": best,
+            "by_threads": {str(t): {k: r[k] for k in ("epoch_ms", "eval_ms", "e2e_epochs_per_s")} for t, r in rows.items()}}
+
+
+def reference_at(size: Size, repeats: int, e2e_blocks: int, loop: str) -> dict[str, float]:
     """Reference ms/epoch, ms/evaluation and end-to-end epochs/s (evaluation every 10 epochs)."""
-    run = reference_run(size)
+    import torch
+
+    run = reference_run(size, loop=loop)
     epoch = median_time(run.train_epoch, repeats)
     evaluation = median_time(run.evaluate, repeats)
     blocks = median_time(lambda: run.run(EVAL_EVERY, EVAL_EVERY), e2e_blocks, warmup=0)
     out = {"epoch_ms": epoch[0] * 1e3, "epoch_cpu_ms": epoch[1] * 1e3,
            "eval_ms": evaluation[0] * 1e3, "eval_cpu_ms": evaluation[1] * 1e3,
            "e2e_epochs_per_s": EVAL_EVERY / blocks[0], "e2e_epochs_per_cpu_s": EVAL_EVERY / blocks[1]}
-    print(f"[reference] {size.name}: {out['epoch_ms']:.1f} ms/epoch, {out['eval_ms']:.1f} ms/evaluation, "
+    print(f"[{loop} reference, {torch.get_num_threads()} torch threads] {size.name}: {out['epoch_ms']:.1f} ms/epoch, {out['eval_ms']:.1f} ms/evaluation, "
           f"{out['e2e_epochs_per_s']:.1f} epochs/s end to end (CPU: {out['epoch_cpu_ms']:.1f} ms/epoch, "
           f"{out['eval_cpu_ms']:.1f} ms/evaluation)", flush=True)
     return out
@@ -167,6 +213,8 @@ def bench_reference(size: Size, repeats: int, e2e_blocks: int) -> dict[str, floa
 # ----------------------------------------------------------------------------- NRC computation alone
 def bench_metrics(size: Size, repeats: int) -> dict[str, Any]:
     """The NRC computation alone on the same features (the reference model's, after 2 epochs)."""
+    import torch
+    import torch_competent
     import torch_reference
     from nrc_jax import metrics
 
@@ -177,6 +225,9 @@ def bench_metrics(size: Size, repeats: int) -> dict[str, Any]:
     w = run.model.head.weight.detach().numpy()
     ref_fn = lambda: torch_reference.nrc_from_features(h, w, run.sigma_sqrt, run.lambda_min)  # noqa: E731
     ref_time = median_time(ref_fn, repeats)
+    h_torch, w_torch = torch.as_tensor(h), run.model.head.weight.detach()
+    competent_fn = lambda: torch_competent.nrc_from_features(h_torch, w_torch, run.sigma_sqrt, run.lambda_min)  # noqa: E731
+    competent_time = median_time(competent_fn, repeats)
 
     hj, yj, pj, wj = (jnp.asarray(a) for a in (h, y, pred, w))
     sigma = jnp.asarray(np.cov(y, rowvar=False, bias=True), jnp.float32)
@@ -211,11 +262,14 @@ def bench_metrics(size: Size, repeats: int) -> dict[str, Any]:
         rows[name] = {"ms": wall * 1e3, "cpu_ms": cpu * 1e3, "compile_s": compile_s}
     keys = ("nrc1", "nrc2", "nrc3", "nrc3_gamma")
     out = {"reference_ms": ref_time[0] * 1e3, "reference_cpu_ms": ref_time[1] * 1e3, "cases": rows,
+           "competent_ms": competent_time[0] * 1e3, "competent_cpu_ms": competent_time[1] * 1e3,
+           "competent_values": {k: competent_fn()[k] for k in keys},
            "reference_values": {k: ref_fn()[k] for k in keys},
            "nrc_jax_values": {k: float(v) for k, v in full_fn(hj, yj, pj, wj, sigma).items() if k in keys},
            "nrc_jax_warm_values": {k: float(v) for k, v in features_warm(hj, yj, pj, wj, sigma, basis).items()
                                    if k in keys}}
-    print(f"[metrics] {size.name}: reference {out['reference_ms']:.1f} ms; "
+    print(f"[metrics] {size.name}: published reference {out['reference_ms']:.1f} ms; competent "
+          f"{out['competent_ms']:.2f} ms; "
           + "; ".join(f"{k} {v['ms']:.3f} ms" for k, v in rows.items()), flush=True)
     print(f"[metrics] {size.name}: reference {out['reference_values']}\n          nrc_jax {out['nrc_jax_values']}"
           f"\n          warm {out['nrc_jax_warm_values']}", flush=True)
@@ -328,8 +382,8 @@ def nrc_jax_command(npz: str, epochs: int, workdir: str) -> list[str]:
             f"--config.train.eval_every={EVAL_EVERY}", "--config.train.progress_bar=False"]
 
 
-def reference_command(npz: str, epochs: int) -> list[str]:
-    return [sys.executable, os.path.join(ROOT, "benchmarks", "torch_reference.py"), f"--npz={npz}",
+def reference_command(npz: str, epochs: int, loop: str = "published") -> list[str]:
+    return [sys.executable, os.path.join(ROOT, "benchmarks", f"{REFERENCES[loop]}.py"), f"--npz={npz}",
             f"--epochs={epochs}", f"--eval-every={EVAL_EVERY}"]
 
 
@@ -342,30 +396,32 @@ def process_seconds(command: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def bench_cli(size: Size, nrc_epochs: tuple[int, int], reference_epochs: tuple[int, int], repeats: int
-              ) -> dict[str, Any]:
-    """Marginal seconds per epoch of whole runs: (T(long) - T(short)) / (long - short), medians."""
+def bench_cli(size: Size, epochs: dict[str, tuple[int, int]], repeats: int) -> dict[str, Any]:
+    """Marginal seconds per epoch of whole runs: (T(long) - T(short)) / (long - short), medians.
+
+    `epochs`: the two run lengths of "nrc_jax" and of each reference loop ("published", "competent").
+    """
+    commands: dict[str, Callable[[str, int, str], list[str]]] = {
+        "nrc_jax": lambda npz, e, workdir: nrc_jax_command(npz, e, workdir),
+        **{loop: (lambda npz, e, workdir, loop=loop: reference_command(npz, e, loop)) for loop in REFERENCES}}
     with tempfile.TemporaryDirectory(prefix="nrc_bench_") as tmp:
         npz = write_npz(size, tmp)
-        times: dict[str, dict[int, list[float]]] = {"nrc_jax": {}, "reference": {}}
-        for r in range(repeats):
-            for epochs in nrc_epochs:
-                workdir = os.path.join(tmp, f"run_{epochs}_{r}")
-                times["nrc_jax"].setdefault(epochs, []).append(process_seconds(nrc_jax_command(npz, epochs, workdir)))
-            for epochs in reference_epochs:
-                times["reference"].setdefault(epochs, []).append(process_seconds(reference_command(npz, epochs)))
-    out = {}
-    for name, lengths in (("nrc_jax", nrc_epochs), ("reference", reference_epochs)):
-        t = {e: statistics.median(times[name][e]) for e in lengths}
-        short, long = lengths
-        out[name] = {"epoch_ms": (t[long] - t[short]) / (long - short) * 1e3,
-                     "seconds": {str(e): t[e] for e in lengths}}
-    out["command"] = " ".join(nrc_jax_command("DATA.npz", nrc_epochs[1], "WORKDIR")[1:])
-    out["reference_command"] = " ".join(reference_command("DATA.npz", reference_epochs[1])[1:])
-    out["speedup"] = out["reference"]["epoch_ms"] / out["nrc_jax"]["epoch_ms"]
-    print(f"[cli] {size.name}: nrc_jax.main {out['nrc_jax']['epoch_ms']:.2f} ms/epoch marginal "
-          f"({out['nrc_jax']['seconds']}), reference {out['reference']['epoch_ms']:.1f} ms/epoch "
-          f"({out['reference']['seconds']}): {out['speedup']:.1f}x", flush=True)
+        times: dict[str, dict[int, list[float]]] = {name: {} for name in commands}
+        for r in range(repeats):  # interleaved, so drifts of the machine's load hit every program alike
+            for name, command in commands.items():
+                for e in epochs[name]:
+                    workdir = os.path.join(tmp, f"{name}_{e}_{r}")
+                    times[name].setdefault(e, []).append(process_seconds(command(npz, e, workdir)))
+    out: dict[str, Any] = {}
+    for name in commands:
+        t = {e: statistics.median(times[name][e]) for e in epochs[name]}
+        short, long = epochs[name]
+        out[name] = {"epoch_ms": (t[long] - t[short]) / (long - short) * 1e3, "seconds": {str(e): t[e] for e in t},
+                     "command": " ".join(commands[name]("DATA.npz", long, "WORKDIR")[1:]).replace(ROOT + os.sep, "")}
+    out["speedup"] = {loop: out[loop]["epoch_ms"] / out["nrc_jax"]["epoch_ms"] for loop in REFERENCES}
+    print(f"[cli] {size.name}: nrc_jax.main {out['nrc_jax']['epoch_ms']:.2f} ms/epoch marginal; "
+          + "; ".join(f"{loop} reference {out[loop]['epoch_ms']:.1f} ms/epoch ({out['speedup'][loop]:.1f}x)"
+                      for loop in REFERENCES), flush=True)
     return out
 
 
@@ -389,6 +445,95 @@ def fmt(x: float, digits: int = 1) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _ratio(num: float, den: float, digits: int = 1) -> str:
+    return f"{num / den:.{digits}f}x"
+
+
+def render_headlines(results: dict[str, Any], sizes: list[str], eng: dict, refs: dict[str, dict],
+                     peak_gflops: float | None) -> list[str]:
+    """The headline table: end to end against each reference and against the matmul-peak bound."""
+    rows = [n for n in sizes if n in eng and all(n in r for r in refs.values())]
+    if not rows:
+        return []
+    lines = ["### Headlines (default config, evaluation every 10 epochs, wall-clock medians)", "",
+             "| size | end to end vs the published loop (issue 7: >= 5x) | end to end vs the competent loop "
+             "| end to end: time over the matmul-peak bound (issue 19: <= 1.4x) | training: % of the matmul peak |",
+             "|---|---|---|---|---|"]
+    for n in rows:
+        e = eng[n]
+        vs = {loop: _ratio(e["e2e_epochs_per_s"], refs[loop][n]["e2e_epochs_per_s"]) for loop in refs}
+        if peak_gflops:
+            bound = e2e_ceiling(SIZES[n], peak_gflops) / e["e2e_epochs_per_s"]
+            ceiling = f"{bound:.2f}x ({'met' if bound <= 1.4 else '**not met**'})"
+            pct = f"{100 * training_gflops(SIZES[n], e['epoch_ms']) / peak_gflops:.0f}%"
+        else:
+            ceiling = pct = "- (no peak section)"
+        lines.append(f"| {n} | {vs['published']} | {vs['competent']} | {ceiling} | {pct} |")
+    if results.get("cli"):
+        lines += ["", "Whole processes (`python -m nrc_jax.main` against each reference script, table at the end): "
+                  + "; ".join(f"{n} {c['speedup']['published']:.1f}x vs published, {c['speedup']['competent']:.1f}x "
+                              "vs competent" for n, c in results["cli"].items()) + "."]
+    return lines + [""]
+
+
+def render_parts(sizes: list[str], eng: dict, refs: dict[str, dict], peak_gflops: float | None) -> list[str]:
+    """Training, evaluation and end to end, each against both references and the matmul-peak bound."""
+    rows = [n for n in sizes if n in eng and all(n in r for r in refs.values())]
+    if not rows:
+        return []
+    pub, comp = refs["published"], refs["competent"]
+    dash = "-"
+    lines = ["### (a) training, ms per epoch (nrc_jax: marginal time per epoch of one compiled chunk)", "",
+             "| size | nrc_jax | published | vs published | competent | vs competent | bound at the matmul peak "
+             "| nrc_jax over the bound | nrc_jax GFLOP/s | CPU ms/epoch nrc_jax / published / competent | compile s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in rows:
+        size, e = SIZES[n], eng[n]
+        floor = train_floor_ms(size, peak_gflops) if peak_gflops else None
+        lines.append(
+            f"| {n} ({size.train} x {size.in_dim} -> {size.out_dim}) | {fmt(e['epoch_ms'], 2)} | {fmt(pub[n]['epoch_ms'])} | "
+            f"**{_ratio(pub[n]['epoch_ms'], e['epoch_ms'])}** | {fmt(comp[n]['epoch_ms'], 2)} | "
+            f"**{_ratio(comp[n]['epoch_ms'], e['epoch_ms'])}** | {fmt(floor, 2) if floor else dash} | "
+            f"{_ratio(e['epoch_ms'], floor, 2) if floor else dash} | {fmt(training_gflops(size, e['epoch_ms']))} | "
+            f"{fmt(e['epoch_cpu_ms'], 2)} / {fmt(pub[n]['epoch_cpu_ms'])} / {fmt(comp[n]['epoch_cpu_ms'], 2)} | "
+            f"{e['compile_s']:.1f} |")
+    flops = {n: train_flops_per_sample(SIZES[n].in_dim, SIZES[n].out_dim) for n in rows}
+    lines += ["", "Each reference at its best torch thread count (by end-to-end epochs/s) of those measured: "
+              + "; ".join(f"{n}: published {pub[n].get('torch_threads', '?')}, competent {comp[n].get('torch_threads', '?')} "
+                          f"(all: {pub[n].get('by_threads', {})} / {comp[n].get('by_threads', {})})" for n in rows) + "."]
+    lines += ["", "FLOPs counted from the model: forward = 2 * sum(fan_in * fan_out) over the four dense layers, "
+              "training = 3 x forward per sample (biases, ReLU, loss and the update ignored): "
+              + ", ".join(f"{n} {flops[n] / 1e6:.3f} MFLOP/sample" for n in rows)
+              + ". The bound is those FLOPs at the measured matmul peak.", ""]
+    lines += ["### (b) full NRC evaluation (forward over train + test, every metric), ms", "",
+              "| size | nrc_jax | published | vs published | competent | vs competent | floor at the matmul peak "
+              "| nrc_jax over the floor | largest possible speed-up vs published / competent |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for n in rows:
+        e = eng[n]
+        floor = eval_floor_ms(SIZES[n], peak_gflops) if peak_gflops else None
+        best = (f"{_ratio(pub[n]['eval_ms'], floor, 0)} / {_ratio(comp[n]['eval_ms'], floor, 0)}" if floor else dash)
+        lines.append(f"| {n} | {fmt(e['eval_ms'], 2)} | {fmt(pub[n]['eval_ms'])} | **{_ratio(pub[n]['eval_ms'], e['eval_ms'], 0)}** | "
+                     f"{fmt(comp[n]['eval_ms'], 2)} | **{_ratio(comp[n]['eval_ms'], e['eval_ms'])}** | "
+                     f"{fmt(floor, 2) if floor else dash} | {_ratio(e['eval_ms'], floor, 2) if floor else dash} | {best} |")
+    lines += ["", "The floor is `eval_flops`: the forward pass over train + test rows plus the one d x d product "
+              "of the features, at the matmul peak; both references do the same forward pass, so no "
+              "implementation on this machine can beat the last column. The published reference evaluates "
+              "with sklearn PCA, Gram-Schmidt and a Python gamma loop; the competent one with torch eigh, QR "
+              "and the gamma grid at once.", ""]
+    lines += ["### (e) end to end, evaluation every 10 epochs, epochs/s", "",
+              "| size | nrc_jax | published | vs published | competent | vs competent | ceiling at the matmul peak "
+              "| nrc_jax time over the bound |", "|---|---|---|---|---|---|---|---|"]
+    for n in rows:
+        e = eng[n]
+        ceiling = e2e_ceiling(SIZES[n], peak_gflops) if peak_gflops else None
+        lines.append(f"| {n} | {fmt(e['e2e_epochs_per_s'])} | {fmt(pub[n]['e2e_epochs_per_s'])} | "
+                     f"**{_ratio(e['e2e_epochs_per_s'], pub[n]['e2e_epochs_per_s'])}** | {fmt(comp[n]['e2e_epochs_per_s'])} | "
+                     f"**{_ratio(e['e2e_epochs_per_s'], comp[n]['e2e_epochs_per_s'])}** | "
+                     f"{fmt(ceiling) if ceiling else dash} | {_ratio(ceiling, e['e2e_epochs_per_s'], 2) if ceiling else dash} |")
+    return lines + [""]
+
+
 def render(results: dict[str, Any]) -> str:
     """The generated part of results/bench.md."""
     lines = [BEGIN, "", f"Generated by `{results['command']}` at {results['date']}.", ""]
@@ -401,64 +546,18 @@ def render(results: dict[str, Any]) -> str:
                   for n, r in peak["by_size"].items()]
         lines += ["", f"Peak used below: **{fmt(peak['peak_gflops'])} GFLOP/s**.", ""]
     sizes = results["sizes"]
-    ref, eng = results.get("reference", {}), results.get("nrc_jax", {})
-    if ref and eng and peak:
-        lines += ["### Targets of issue 7 (default config; wall-clock medians)", "",
-                  "| size | end to end vs reference (>= 5x) | training % of matmul peak (>= 60%) | "
-                  "full evaluation vs reference (>= 50x) |", "|---|---|---|---|"]
-        for name in sizes:
-            if name in ref and name in eng:
-                size, e, r = SIZES[name], eng[name], ref[name]
-                e2e = e["e2e_epochs_per_s"] / r["e2e_epochs_per_s"]
-                pct = 100 * training_gflops(size, e["epoch_ms"]) / peak["peak_gflops"]
-                ev = r["eval_ms"] / e["eval_ms"]
-                mark = lambda ok: "met" if ok else "**not met**"  # noqa: E731
-                lines.append(f"| {name} | {e2e:.1f}x ({mark(e2e >= 5)}) | {pct:.0f}% ({mark(pct >= 60)}) | "
-                             f"{ev:.0f}x ({mark(ev >= 50)}) |")
-        lines.append("")
-    if ref and eng:
-        lines += ["### (a) training, ms per epoch (nrc_jax: marginal time per epoch of one compiled chunk)", "",
-                  "| size | nrc_jax ms/epoch | reference ms/epoch | speed-up | nrc_jax GFLOP/s | % of matmul peak "
-                  "| CPU ms/epoch nrc_jax / reference | compile s |", "|---|---|---|---|---|---|---|---|"]
-        for name in sizes:
-            if name in ref and name in eng:
-                size, e, r = SIZES[name], eng[name], ref[name]
-                gflops = training_gflops(size, e["epoch_ms"])
-                pct = f"{100 * gflops / peak['peak_gflops']:.0f}%" if peak else "-"
-                lines.append(f"| {name} ({size.train} x {size.in_dim} -> {size.out_dim}) | {fmt(e['epoch_ms'], 2)} | "
-                             f"{fmt(r['epoch_ms'])} | **{r['epoch_ms'] / e['epoch_ms']:.1f}x** | {fmt(gflops)} | {pct} | "
-                             f"{fmt(e['epoch_cpu_ms'], 2)} / {fmt(r['epoch_cpu_ms'])} | {e['compile_s']:.1f} |")
-        flops = {n: train_flops_per_sample(SIZES[n].in_dim, SIZES[n].out_dim) for n in sizes}
-        lines += ["", "FLOPs counted from the model: forward = 2 * sum(fan_in * fan_out) over the four dense layers, "
-                  "training = 3 x forward per sample (biases, ReLU, loss and the update ignored): "
-                  + ", ".join(f"{n} {flops[n] / 1e6:.3f} MFLOP/sample" for n in sizes) + ".", ""]
-        lines += ["### (b) full NRC evaluation (forward over train + test, every metric)", "",
-                  "| size | nrc_jax ms | reference ms | speed-up | nrc_jax evals/s | reference evals/s "
-                  "| floor at the matmul peak (ms) | largest possible speed-up |", "|---|---|---|---|---|---|---|---|"]
-        for name in sizes:
-            if name in ref and name in eng:
-                e, r = eng[name], ref[name]
-                floor = f"{eval_flops(SIZES[name]) / (peak['peak_gflops'] * 1e6):.2f}" if peak else "-"
-                bound = f"{r['eval_ms'] / float(floor):.0f}x" if peak else "-"
-                lines.append(f"| {name} | {fmt(e['eval_ms'], 2)} | {fmt(r['eval_ms'])} | **{r['eval_ms'] / e['eval_ms']:.0f}x** | "
-                             f"{fmt(1e3 / e['eval_ms'])} | {fmt(1e3 / r['eval_ms'], 2)} | {floor} | {bound} |")
-        lines += ["", "The floor is `eval_flops`: the forward pass over train + test rows plus the one d x d product "
-                  "of the features, at the matmul peak above; the reference's evaluation does the same forward "
-                  "pass, so no implementation on this machine can beat the last column."]
-        lines += ["", "### (e) end to end, evaluation every 10 epochs (target >= 5x)", "",
-                  "| size | nrc_jax epochs/s | reference epochs/s | speed-up |", "|---|---|---|---|"]
-        for name in sizes:
-            if name in ref and name in eng:
-                e, r = eng[name], ref[name]
-                lines.append(f"| {name} | {fmt(e['e2e_epochs_per_s'])} | {fmt(r['e2e_epochs_per_s'])} | "
-                             f"**{e['e2e_epochs_per_s'] / r['e2e_epochs_per_s']:.1f}x** |")
-        lines.append("")
+    eng = results.get("nrc_jax", {})
+    refs = {loop: results.get("reference" if loop == "published" else loop, {}) for loop in REFERENCES}
+    peak_gflops = peak["peak_gflops"] if peak else None
+    lines += render_headlines(results, sizes, eng, refs, peak_gflops)
+    lines += render_parts(sizes, eng, refs, peak_gflops)
     for label, rows in results.get("variants", {}).items():
         lines += [f"### config variant: {label}", "",
                   "| size | ms/epoch | ms/evaluation | epochs/s end to end | e2e vs default config | "
-                  "evaluation vs reference | e2e vs reference |", "|---|---|---|---|---|---|---|"]
+                  "evaluation vs published reference | e2e vs published reference |", "|---|---|---|---|---|---|---|"]
         for n, v in rows.items():
             vs_default = f"{v['e2e_epochs_per_s'] / eng[n]['e2e_epochs_per_s']:.2f}x" if n in eng else "-"
+            ref = refs["published"]
             vs_ref = (f"{ref[n]['eval_ms'] / v['eval_ms']:.0f}x | {v['e2e_epochs_per_s'] / ref[n]['e2e_epochs_per_s']:.1f}x"
                       if n in ref else "- | -")
             lines.append(f"| {n} | {fmt(v['epoch_ms'], 2)} | {fmt(v['eval_ms'], 2)} | {fmt(v['e2e_epochs_per_s'])} | "
@@ -468,11 +567,15 @@ def render(results: dict[str, Any]) -> str:
         lines += ["### NRC computation alone, same features (M x 256 float32)", "",
                   "| size | case | ms | CPU ms | compile s |", "|---|---|---|---|---|"]
         for name, m in results["metrics"].items():
-            lines.append(f"| {name} | reference: sklearn PCA + Gram-Schmidt + gamma loop | {fmt(m['reference_ms'], 2)} | "
+            lines.append(f"| {name} | published reference: sklearn PCA + Gram-Schmidt + gamma loop | {fmt(m['reference_ms'], 2)} | "
                          f"{fmt(m['reference_cpu_ms'], 2)} | - |")
+            if "competent_ms" in m:
+                lines.append(f"| {name} | competent reference: torch eigh + QR + the gamma grid at once | "
+                             f"{fmt(m['competent_ms'], 3)} | {fmt(m['competent_cpu_ms'], 3)} | - |")
             lines += [f"| {name} | nrc_jax {case} | {fmt(v['ms'], 3)} | {fmt(v['cpu_ms'], 3)} | {v['compile_s']:.1f} |"
                       for case, v in m["cases"].items()]
-        lines += [""] + [f"- {name}: reference {m['reference_values']}; nrc_jax (eigh) {m['nrc_jax_values']}; "
+        lines += [""] + [f"- {name}: published reference {m['reference_values']}; competent reference "
+                         f"{m.get('competent_values', '-')}; nrc_jax (eigh) {m['nrc_jax_values']}; "
                          f"nrc_jax (warm subspace, metrics_from_features) {m['nrc_jax_warm_values']}" for name, m in results["metrics"].items()]
         lines.append("")
     if results.get("sweep"):
@@ -485,8 +588,8 @@ def render(results: dict[str, Any]) -> str:
         lines.append("")
     if results.get("env"):
         lines += ["### Process settings (each in a fresh process; compare with the tables above)", "",
-                  "| setting | size | nrc_jax ms/epoch | nrc_jax ms/evaluation | nrc_jax epochs/s e2e | reference ms/epoch "
-                  "| reference ms/evaluation | matmul peak GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+                  "| setting | size | nrc_jax ms/epoch | nrc_jax ms/evaluation | nrc_jax epochs/s e2e | published reference ms/epoch "
+                  "| published reference ms/evaluation | matmul peak GFLOP/s |", "|---|---|---|---|---|---|---|---|"]
         for label, sub in results["env"].items():
             for name, e in sub.get("nrc_jax", {}).items():
                 r = sub["reference"][name]
@@ -495,15 +598,17 @@ def render(results: dict[str, Any]) -> str:
                              f"{fmt(sub['peak']['peak_gflops']) if sub.get('peak') else '-'} |")
         lines.append("")
     if results.get("cli"):
-        lines += ["### The issue's check: whole processes, marginal time per epoch", "",
-                  "| size | `nrc_jax.main` ms/epoch | reference script ms/epoch | speed-up | run seconds (nrc_jax; reference) |",
-                  "|---|---|---|---|---|"]
+        lines += ["### Whole processes, marginal time per epoch (evaluation every 10 epochs included)", "",
+                  "| size | `nrc_jax.main` ms/epoch | published script ms/epoch | vs published | competent script "
+                  "ms/epoch | vs competent | run seconds (nrc_jax; published; competent) |", "|---|---|---|---|---|---|---|"]
         for name, c in results["cli"].items():
-            lines.append(f"| {name} | {fmt(c['nrc_jax']['epoch_ms'], 2)} | {fmt(c['reference']['epoch_ms'])} | "
-                         f"**{c['speedup']:.1f}x** | {c['nrc_jax']['seconds']}; {c['reference']['seconds']} |")
+            lines.append(f"| {name} | {fmt(c['nrc_jax']['epoch_ms'], 2)} | {fmt(c['published']['epoch_ms'])} | "
+                         f"**{c['speedup']['published']:.1f}x** | {fmt(c['competent']['epoch_ms'], 2)} | "
+                         f"**{c['speedup']['competent']:.1f}x** | {c['nrc_jax']['seconds']}; "
+                         f"{c['published']['seconds']}; {c['competent']['seconds']} |")
         c = next(iter(results["cli"].values()))
-        lines += ["", f"Commands: `python {c['command']}` and `python {c['reference_command']}` "
-                  "(each at two lengths, fresh workdir per run, medians)", ""]
+        lines += ["", "Commands (each at two lengths, fresh workdir per run, medians): "
+                  + ", ".join(f"`python {c[name]['command']}`" for name in ("nrc_jax", *REFERENCES)), ""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -529,22 +634,28 @@ class Plan:
     reference_blocks: int
     engine_epochs: dict[str, tuple[int, int]]
     sweep_epochs: dict[str, tuple[int, int]]
-    cli_nrc_epochs: dict[str, tuple[int, int]]
-    cli_reference_epochs: dict[str, tuple[int, int]]
+    cli_epochs: dict[str, dict[str, tuple[int, int]]]  # size -> program (nrc_jax, published, competent) -> lengths
     cli_repeats: int
+    peak_sizes: tuple[int, ...] = (256, 1024, 2048)
+    sweep_ks: str = "1,4,8"
 
 
 FULL = Plan(repeats=5, reference_blocks=3,
             engine_epochs={"swimmer": (10, 60), "hopper": (2, 12)},
             sweep_epochs={"swimmer": (5, 25), "hopper": (1, 4)},
             # whole processes start in 8-16 s with +-1 s of jitter: the runs differ by >= 20 s of training
-            cli_nrc_epochs={"swimmer": (100, 2100), "hopper": (10, 410)},
-            cli_reference_epochs={"swimmer": (10, 410), "hopper": (10, 70)}, cli_repeats=3)
+            cli_epochs={"swimmer": {"nrc_jax": (100, 2100), "published": (10, 410), "competent": (100, 3100)},
+                        "hopper": {"nrc_jax": (10, 410), "published": (10, 70), "competent": (10, 310)}},
+            cli_repeats=3)
 QUICK = Plan(repeats=3, reference_blocks=1,
              engine_epochs={"swimmer": (5, 25), "hopper": (1, 4)},
              sweep_epochs={"swimmer": (2, 8), "hopper": (1, 2)},
-             cli_nrc_epochs={"swimmer": (20, 220), "hopper": (10, 30)},
-             cli_reference_epochs={"swimmer": (10, 30), "hopper": (10, 20)}, cli_repeats=1)
+             cli_epochs={"swimmer": {"nrc_jax": (20, 220), "published": (10, 30), "competent": (20, 220)},
+                         "hopper": {"nrc_jax": (10, 30), "published": (10, 20), "competent": (10, 30)}},
+             cli_repeats=1)
+DRY = Plan(repeats=1, reference_blocks=1, engine_epochs={"tiny": (1, 3)}, sweep_epochs={"tiny": (1, 2)},
+           cli_epochs={"tiny": {"nrc_jax": (10, 20), "published": (10, 20), "competent": (10, 20)}},
+           cli_repeats=1, peak_sizes=(64, 128), sweep_ks="1,2")
 # Candidate changes that a config can express, measured in this process: label -> size -> overrides.
 VARIANTS: dict[str, Callable[[Size], dict[str, Any]]] = {
     "metrics.pca_iters=0 (a full 256 x 256 eigh per evaluation instead of the default warm-started "
@@ -562,24 +673,32 @@ ENV_VARIANTS: dict[str, dict[str, str]] = {
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats and epochs (iteration, not reports)")
-    parser.add_argument("--sizes", default="swimmer,hopper", help="comma-separated subset of swimmer,hopper")
+    parser.add_argument("--dry", action="store_true",
+                        help="a test of the script: size 'tiny', one repeat, no report unless --out is given")
+    parser.add_argument("--sizes", default="", help="comma-separated subset of swimmer,hopper (default both; "
+                        "--dry: tiny)")
     parser.add_argument("--sections", default=",".join(SECTIONS),
                         help=f"comma-separated subset of {','.join(SECTIONS)} plus 'variants' (config candidates), 'env' (process-setting candidates)")
-    parser.add_argument("--sweep-ks", default="1,4,8")
-    parser.add_argument("--out", default=os.path.join(ROOT, "results", "bench.md"), help="report path; '' = none")
+    parser.add_argument("--sweep-ks", default="", help="comma-separated K (default 1,4,8; --dry: 1,2)")
+    parser.add_argument("--out", default=None, help="report path; '' = none (default results/bench.md; --dry: none)")
     parser.add_argument("--json", default="", help="also write the raw numbers here")
-    parser.add_argument("--torch-threads", type=int, default=0,
-                        help="torch.set_num_threads for the reference (0: torch's default, as published)")
+    parser.add_argument("--torch-threads", default="",
+                        help="comma-separated torch thread counts to measure each reference at in-process, the "
+                             "best one reported (default: torch's own; e.g. 1,2); scripts run with torch's default")
     parser.add_argument("--merge", action="store_true",
                         help="start from the numbers already in --json (rerun only some sections, report all)")
     args = parser.parse_args(argv)
-    plan = QUICK if args.quick else FULL
-    if args.torch_threads:
+    plan = DRY if args.dry else QUICK if args.quick else FULL
+    if args.out is None:
+        args.out = "" if args.dry else os.path.join(ROOT, "results", "bench.md")
+    args.sizes = args.sizes or ",".join(plan.engine_epochs)
+    threads = tuple(int(t) for t in args.torch_threads.split(",") if t)
+    if threads:  # also for the sections that time one reference call (metrics)
         import torch
-        torch.set_num_threads(args.torch_threads)
+        torch.set_num_threads(threads[0])
     sizes = [s for s in args.sizes.split(",") if s]
     sections = set(args.sections.split(","))
-    unknown = [s for s in sizes if s not in SIZES] + [s for s in sections if s not in (*SECTIONS, "variants", "env")]
+    unknown = [s for s in sizes if s not in plan.engine_epochs] + [s for s in sections if s not in (*SECTIONS, "variants", "env")]
     if unknown:
         parser.error(f"unknown sizes/sections {unknown}")
     results: dict[str, Any] = {
@@ -599,25 +718,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[section] = {**results.get(section, {}), **value}
 
     if "peak" in sections:
-        results["peak"] = matmul_peak(repeats=plan.repeats + 2)
+        results["peak"] = matmul_peak(plan.peak_sizes, repeats=plan.repeats + 2)
     if "metrics" in sections:
         put("metrics", {n: bench_metrics(SIZES[n], plan.repeats) for n in sizes})
     if sections & {"train", "eval", "e2e"}:
-        put("reference", {n: bench_reference(SIZES[n], plan.repeats, plan.reference_blocks) for n in sizes})
+        put("reference", {n: bench_reference(SIZES[n], plan.repeats, plan.reference_blocks, "published", threads)
+                          for n in sizes})
+        put("competent", {n: bench_reference(SIZES[n], plan.repeats, plan.reference_blocks, "competent", threads)
+                          for n in sizes})
         put("nrc_jax", {n: bench_engine(SIZES[n], plan.repeats, plan.engine_epochs[n]) for n in sizes})
     if "variants" in sections:
         put("variants", {label: {n: bench_engine(SIZES[n], plan.repeats, plan.engine_epochs[n], overrides(SIZES[n]),
                                                  label[:40]) for n in sizes}
                          for label, overrides in VARIANTS.items()})
     if "sweep" in sections:
-        ks = tuple(int(k) for k in args.sweep_ks.split(","))
+        ks = tuple(int(k) for k in (args.sweep_ks or plan.sweep_ks).split(","))
         put("sweep", {n: bench_sweep(SIZES[n], ks, plan.repeats, plan.sweep_epochs[n]) for n in sizes})
     if "env" in sections:
-        sub_args = ["--sections=peak,train", f"--sizes={args.sizes}"] + (["--quick"] if args.quick else [])
+        sub_args = (["--sections=peak,train", f"--sizes={args.sizes}"] + (["--quick"] if args.quick else [])
+                    + (["--dry"] if args.dry else []))
         put("env", {label: bench_in_subprocess(env, sub_args) for label, env in ENV_VARIANTS.items()})
     if "cli" in sections:
-        put("cli", {n: bench_cli(SIZES[n], plan.cli_nrc_epochs[n], plan.cli_reference_epochs[n], plan.cli_repeats)
-                    for n in sizes})
+        put("cli", {n: bench_cli(SIZES[n], plan.cli_epochs[n], plan.cli_repeats) for n in sizes})
     results["machine"]["load average at end"] = " ".join(f"{x:.1f}" for x in os.getloadavg())
     if args.json:
         with open(args.json, "w") as f:

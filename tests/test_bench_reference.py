@@ -132,3 +132,36 @@ def test_competent_loop_trains_like_the_published_one():
         assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
     history = competent.run(epochs=4, eval_every=2)
     assert [row["epoch"] for row in history] == [2, 4] and history[-1]["train_mse"] < theirs["train_mse"]
+
+
+def test_competent_script_runs_on_an_npz(tmp_path, capsys):
+    import json
+
+    path = tmp_path / "tiny.npz"
+    x_train, y_train, x_test, y_test = torch_reference.random_regression_data(100, 3, 2, seed=1)
+    np.savez(path, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    torch_competent.main([f"--npz={path}", "--epochs=4", "--eval-every=2"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["epochs"] == 4 and np.isfinite(out["final"]["nrc1"]) and np.isfinite(out["final"]["test_mse"])
+
+
+def test_bench_dry_run_reports_both_references_and_the_ceiling(tmp_path):
+    """`bench.py --dry` (the timing sections at a tiny size; the metrics and whole-process sections are
+    left out here) writes a report whose every ratio names its reference, from the measured numbers."""
+    import json
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    report, raw = tmp_path / "bench.md", tmp_path / "bench.json"
+    env = {**os.environ, "XLA_FLAGS": "", "OPENBLAS_NUM_THREADS": "1"}  # one device, as a user's process
+    subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench.py"), "--dry", "--torch-threads=1,2",
+                    "--sections=peak,train,eval,e2e", f"--out={report}", f"--json={raw}"],
+                   cwd=root, env=env, check=True, capture_output=True, timeout=600)
+    text, results = report.read_text(), json.loads(raw.read_text())
+    assert set(results["reference"]) == set(results["competent"]) == set(results["nrc_jax"]) == {"tiny"}
+    for heading in ("end to end vs the published loop", "end to end vs the competent loop",
+                    "time over the matmul-peak bound", "| nrc_jax | published | vs published | competent | vs competent |"):
+        assert heading in text, heading
+    e2e = results["nrc_jax"]["tiny"]["e2e_epochs_per_s"] / results["competent"]["tiny"]["e2e_epochs_per_s"]
+    assert f"**{e2e:.1f}x**" in text  # the table's ratio is the measured one
+    assert set(results["competent"]["tiny"]["by_threads"]) == {"1", "2"}  # each reference at its best
