@@ -9,6 +9,7 @@
    the paper's epochs, an evaluation every 1/1000 of the run) from those figures;
 and writes a markdown report (results/bench_gpu.md on a GPU, results/bench_tpu.md on a TPU).
 
+    pip install -e '.[test]' 'jax[cuda12]'       # on a GPU machine (as launch/gpu.sh says)
     python benchmarks/device_check.py            # on the accelerator machine
     python benchmarks/device_check.py --dry      # a short version anywhere (the default on a CPU)
 
