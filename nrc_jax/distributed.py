@@ -6,15 +6,27 @@ and a `Mesh(jax.devices(), ('data',))` spans them all. Data a process cannot (or
 whole is split by rows (samples): process p loads the contiguous global rows
 `process_rows(M).start : .stop`, pads them to `.size` rows (`pad_rows`, mask 0 on the padding) and
 `shard_host_array` assembles the global row-sharded array from every process's block.
+
+Faults. A multi-process run also starts a `PeerWatch`: every process keeps a TCP connection to
+process 0 with a heartbeat every `HEARTBEAT_S` seconds. A process that dies (kill -9, a crash, a
+lost host) closes its connection or stops beating; the survivors then print one `error:` line
+naming it and exit with status 2: at once when the connection closes, after `PEER_TIMEOUT_S`
+seconds of silence otherwise (a hung or unreachable host), so every survivor ends within
+`PEER_TIMEOUT_S` + a few seconds (<= 60 s), with or without launch/local_multihost.sh. A process
+that stops with an error (`exit_process`) tells the others, which stop too. JAX's own coordination
+service heartbeat (`JAX_HEARTBEAT_TIMEOUT_S`) is the slower backstop.
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import itertools
 import logging
 import os
+import selectors
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -34,6 +46,11 @@ ENV_INIT_TIMEOUT = "NRC_JAX_INIT_TIMEOUT"
 ENV_MODE = "NRC_JAX_DISTRIBUTED"
 
 DEFAULT_INIT_TIMEOUT_S = 300
+HEARTBEAT_S = 2.0         # PeerWatch: each process beats this often ...
+# ... and a peer silent this long is lost: under gloo's fixed 30 s collective deadline, which
+# otherwise aborts a process waiting on a hung peer with a C++ dump and no message.
+PEER_TIMEOUT_S = 20.0
+JAX_HEARTBEAT_TIMEOUT_S = 50  # the coordination service's own detection (JAX's default is 100 s)
 DATA_AXIS = "data"
 
 # Cluster environments `jax.distributed.initialize()` recognizes from plain environment variables
@@ -148,7 +165,8 @@ def maybe_initialize(
     if jax.distributed.is_initialized():
         return settings
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    kwargs: dict[str, Any] = {"initialization_timeout": settings.initialization_timeout}
+    kwargs: dict[str, Any] = {"initialization_timeout": settings.initialization_timeout,
+                              "heartbeat_timeout_seconds": JAX_HEARTBEAT_TIMEOUT_S}
     if settings.source != "cluster":
         kwargs.update(coordinator_address=settings.coordinator_address,
                       num_processes=settings.num_processes, process_id=settings.process_id,
@@ -159,6 +177,8 @@ def maybe_initialize(
         raise DistributedError(f"jax.distributed.initialize() from the {settings.source} settings "
                                f"failed: {_first_line(e)}") from e
     log.info("joined %d processes as process %d", jax.process_count(), jax.process_index())
+    if jax.process_count() > 1:
+        start_peer_watch(settings.coordinator_address, settings.initialization_timeout)
     return settings
 
 
@@ -198,11 +218,178 @@ def exit_process(code: int) -> NoReturn:
     """
     sys.stdout.flush()
     sys.stderr.flush()
+    if _WATCH is not None:
+        _WATCH.leave(code)
     jax = sys.modules.get("jax")
     if jax is not None and jax.distributed.is_initialized() and jax.process_count() > 1:
         logging.shutdown()
         os._exit(code)
     sys.exit(code)
+
+
+class PeerWatch:
+    """Liveness of the other processes (see the module docstring): a star of TCP connections to
+    process 0, each way a heartbeat byte every HEARTBEAT_S, and one line per event:
+    `bye` (this process ended normally), `exit <status>` (it stopped with an error) and, from process
+    0 to the others, `lost <index> <why>` and `stopped <index> <status>` (about another process)."""
+
+    def __init__(self, index: int, count: int):
+        self.index, self.count = index, count
+        self.peers: dict[socket.socket, dict] = {}  # connection -> {"index", "seen", "buffer"}
+        self.selector = selectors.DefaultSelector()
+        self.done = False  # this process has ended normally: losses no longer matter
+        self._lock = threading.Lock()
+
+    # --------------------------------------------------------------- set-up
+    def listen(self, host: str) -> str:
+        """Process 0: listens for the others; returns the host:port they connect to."""
+        server = socket.create_server(("", 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        server.setblocking(False)
+        self.selector.register(server, selectors.EVENT_READ, "accept")
+        return f"{host}:{server.getsockname()[1]}"
+
+    def connect(self, address: str) -> None:
+        """Processes 1..N-1: connects to process 0 and says which process this is."""
+        host, _, port = address.rpartition(":")
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=PEER_TIMEOUT_S)
+        conn.sendall(self._hello())
+        self._add(conn, index=0)
+
+    def _hello(self) -> bytes:
+        return f"hello {self.index} {os.getpid()} {socket.gethostname()}\n".encode()
+
+    def _add(self, conn: socket.socket, index: int | None) -> None:
+        conn.setblocking(False)
+        self.peers[conn] = {"index": index, "seen": time.monotonic(), "buffer": b"", "ended": False}
+        self.selector.register(conn, selectors.EVENT_READ, "peer")
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="nrc_jax_peer_watch", daemon=True).start()
+        excepthook = sys.excepthook
+
+        def uncaught(kind, value, traceback):  # an uncaught exception ends the process with status 1
+            excepthook(kind, value, traceback)
+            self.leave(1)
+
+        sys.excepthook = uncaught
+        atexit.register(self.leave, 0)
+
+    # --------------------------------------------------------------- the loop
+    def _run(self) -> None:
+        next_beat = 0.0
+        while True:
+            for key, _ in self.selector.select(timeout=HEARTBEAT_S / 2):
+                if key.data == "accept":
+                    conn, _ = key.fileobj.accept()
+                    conn.sendall(self._hello())
+                    self._add(conn, index=None)  # its hello names it
+                else:
+                    self._read(key.fileobj)
+            now = time.monotonic()
+            if now >= next_beat:
+                self._send_all(b".")
+                next_beat = now + HEARTBEAT_S
+            for peer in list(self.peers.values()):
+                if not peer["ended"] and now - peer["seen"] > PEER_TIMEOUT_S:
+                    self._lost(peer, f"no heartbeat for {PEER_TIMEOUT_S:g} s (hung, or its host unreachable)")
+
+    def _read(self, conn: socket.socket) -> None:
+        peer = self.peers[conn]
+        try:
+            data = conn.recv(4096)
+        except (ConnectionError, OSError):
+            data = b""
+        if not data:
+            self.selector.unregister(conn)
+            conn.close()
+            if not peer["ended"]:
+                self._lost(peer, "its connection closed (killed, crashed or its host went down)")
+            return
+        peer["seen"] = time.monotonic()
+        peer["buffer"] += data.replace(b".", b"")
+        while b"\n" in peer["buffer"]:
+            line, peer["buffer"] = peer["buffer"].split(b"\n", 1)
+            self._message(peer, line.decode(errors="replace").split())
+
+    def _message(self, peer: dict, words: list[str]) -> None:
+        if not words:
+            return
+        if words[0] == "hello":
+            peer.update(index=int(words[1]), pid=words[2], host=words[3])
+        elif words[0] == "bye":
+            peer["ended"] = True
+        elif words[0] in ("exit", "stopped"):
+            peer["ended"] = words[0] == "exit"
+            index, status = (peer["index"], words[1]) if words[0] == "exit" else (words[1], words[2])
+            self._stop(f"process {index} stopped with exit status {status} (its own output says why); "
+                       "stopping this process too", int(status) or 2, tell=f"stopped {index} {status}")
+        elif words[0] == "lost":
+            self._stop(f"process {words[1]} of the run was lost ({' '.join(words[2:])}; reported by "
+                       "process 0); stopping this process too", 2)
+
+    def _lost(self, peer: dict, why: str) -> None:
+        where = f" (pid {peer['pid']} on {peer['host']})" if "pid" in peer else ""
+        index = peer["index"] if peer["index"] is not None else "?"
+        self._stop(f"process {index}{where} of the run was lost: {why}; stopping this process too", 2,
+                   tell=f"lost {index}{where} {why}")
+
+    def _stop(self, message: str, status: int, tell: str | None = None) -> None:
+        """Ends this process now: tells the others (process 0 relays), prints one error line."""
+        if self.done:  # this run already ended well; a peer ending later does not change that
+            os._exit(0)
+        if tell is not None and self.index == 0:
+            self._send_all(f"{tell}\n".encode())
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(status)
+
+    def _send_all(self, data: bytes) -> None:
+        with self._lock:
+            for conn in list(self.peers):
+                try:
+                    conn.send(data)
+                except (BlockingIOError, OSError):
+                    pass  # a full buffer skips a beat; a dead peer shows up as a closed connection
+
+    def leave(self, status: int) -> None:
+        """Tells the others this process ends: normally (`bye`) or with an error status."""
+        if self.done:
+            return
+        self.done = status == 0
+        self._send_all(b"bye\n" if status == 0 else f"exit {status}\n".encode())
+        time.sleep(0.05 if status == 0 else 0.2)  # let the line leave before the process does
+
+
+_WATCH: PeerWatch | None = None
+_WATCH_KEY = "nrc_jax_peer_watch"
+
+
+def start_peer_watch(coordinator_address: str | None, timeout_s: int = DEFAULT_INIT_TIMEOUT_S) -> None:
+    """Starts this process's PeerWatch (no-op for one process); process 0 publishes its address
+    through the coordination service's key-value store."""
+    global _WATCH
+    import jax
+    from jax._src import distributed as jax_distributed
+
+    if jax.process_count() == 1 or _WATCH is not None:
+        return
+    watch = PeerWatch(jax.process_index(), jax.process_count())
+    client = jax_distributed.global_state.client
+    if watch.index == 0:
+        address = coordinator_address or jax_distributed.global_state.coordinator_address or ""
+        host = address.rpartition(":")[0].strip("[]") or socket.gethostname()
+        client.key_value_set(_WATCH_KEY, watch.listen(host))
+    else:
+        watch.connect(client.blocking_key_value_get(_WATCH_KEY, int(timeout_s * 1000)))
+    watch.start()
+    _WATCH = watch
+
+
+def wait_for_peer_watch(seconds: float = 2 * HEARTBEAT_S) -> None:
+    """In a multi-process run, gives the PeerWatch time to end this process when an exception in
+    the main thread came from a lost peer (a collective failing as its peer vanished)."""
+    if _WATCH is not None:
+        time.sleep(seconds)
 
 
 _barrier_count = itertools.count()

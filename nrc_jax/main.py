@@ -45,6 +45,9 @@ def main(argv: list[str]) -> None:
         print(f"{e or 'interrupted'}; run the same command again to resume from the latest checkpoint",
               file=sys.stderr)
         distributed.exit_process(130)
+    except Exception:  # a collective failing because a peer vanished: the peer watch says which
+        distributed.wait_for_peer_watch()
+        raise
 
 
 class _OwnInfoOnly(pylogging.Filter):

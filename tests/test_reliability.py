@@ -4,6 +4,7 @@ lists what is guaranteed; each guarantee has a test here.
 """
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -492,3 +493,128 @@ def test_cli_bad_input_is_one_error_line_exit_2_and_no_workdir(cli_bad_inputs, n
         assert text in line, (text, line)
     if name != "workdir is a file":
         assert not os.path.exists(workdir)  # refused before anything was written
+
+
+# --------------------------------------------------------------------- multi-process faults
+LAUNCH = os.path.join(REPO, "launch", "local_multihost.sh")
+LOST_BOUND_S = 60  # docs/reliability.md: every survivor ends within this after a peer is lost
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_env(index: int, port: int, count: int = 2) -> dict:
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+               NRC_JAX_COORDINATOR=f"127.0.0.1:{port}", NRC_JAX_NUM_PROCESSES=str(count),
+               NRC_JAX_PROCESS_ID=str(index), PYTHONPATH=REPO)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    return env
+
+
+def long_run(workdir, npz_path) -> list[str]:
+    """A run that lasts minutes on 2 processes: long enough to be killed in the middle."""
+    return cli(workdir, npz_path, **{"train.epochs": 100000, "train.eval_every": 20, "train.checkpoint_every": 100,
+                                     "mesh.num_devices": -1})
+
+
+def wait_for_rows(workdir, procs, rows: int = 2, timeout_s: float = RUN_TIMEOUT_S) -> None:
+    path = os.path.join(workdir, writers.METRICS_FILE)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if os.path.exists(path) and sum(1 for _ in open(path)) >= rows:
+            return
+        if any(p.poll() is not None for p in procs):
+            pytest.fail("a process ended before training: " + "".join(
+                open(p.args_log).read()[-2000:] for p in procs if hasattr(p, "args_log")))
+        time.sleep(0.1)
+    pytest.fail("no evaluation rows in time")
+
+
+def start_two(workdir, npz_path, tmp_path) -> list[subprocess.Popen]:
+    port, procs = free_port(), []
+    for i in range(2):
+        log = tmp_path / f"p{i}.log"
+        proc = subprocess.Popen(long_run(workdir, npz_path), cwd=REPO, env=process_env(i, port),
+                                stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+        proc.args_log = str(log)
+        procs.append(proc)
+    return procs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how,victim", [("SIGKILL", 1), ("SIGKILL", 0), ("SIGSTOP", 1)],
+                         ids=["worker killed", "process 0 killed", "worker hung"])
+def test_lost_process_ends_the_survivor_with_one_error_line_without_launcher(npz_path, tmp_path, how, victim):
+    procs = start_two(tmp_path / "run", npz_path, tmp_path)
+    try:
+        wait_for_rows(tmp_path / "run", procs)
+        procs[victim].send_signal(getattr(signal, how))
+        lost_at = time.time()
+        survivor = procs[1 - victim]
+        status = survivor.wait(timeout=LOST_BOUND_S + 30)
+        took = time.time() - lost_at
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    stderr = open(survivor.args_log).read()
+    assert status == 2, stderr
+    assert took <= LOST_BOUND_S, took
+    (line,) = error_lines(stderr)
+    assert f"process {victim} " in line and "was lost" in line, line
+    assert ("no heartbeat" in line) == (how == "SIGSTOP"), line
+    assert "Traceback" not in stderr, stderr
+
+
+def child_processes(parent: int) -> dict[int, int]:
+    """{NRC_JAX_PROCESS_ID: pid} of the python processes launch/local_multihost.sh started."""
+    out = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"NRC_JAX_PROCESS_ID" in env and b"python" in open(f"/proc/{pid}/cmdline", "rb").read():
+            out[int(env[b"NRC_JAX_PROCESS_ID"])] = int(pid)
+    return out
+
+
+@pytest.mark.slow
+def test_worker_killed_under_the_launcher_ends_the_run(npz_path, tmp_path):
+    workdir = tmp_path / "run"
+    env = dict(os.environ, NRC_JAX_DEVICES_PER_PROCESS="2", PYTHON=sys.executable)
+    launcher = subprocess.Popen([LAUNCH, "2", *long_run(workdir, npz_path)[3:]], cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_rows(workdir, [launcher])
+        os.kill(child_processes(launcher.pid)[1], signal.SIGKILL)
+        lost_at = time.time()
+        _, stderr = launcher.communicate(timeout=LOST_BOUND_S + 30)
+        took = time.time() - lost_at
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert launcher.returncode != 0 and took <= LOST_BOUND_S, (took, stderr)
+    assert "Traceback" not in stderr, stderr
+    assert "process 1" in stderr, stderr  # named by process 0's peer watch or by the launcher, whichever is first
+    assert not child_processes(launcher.pid)
+
+
+@pytest.mark.slow
+def test_multi_process_run_on_a_locked_workdir_stops_every_process(npz_path, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    env = dict(os.environ, NRC_JAX_DEVICES_PER_PROCESS="2", PYTHON=sys.executable)
+    with locking.WorkdirLock(str(workdir)):
+        proc = subprocess.run([LAUNCH, "2", *cli(workdir, npz_path, **{"mesh.num_devices": -1})[3:]], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 2, proc.stderr
+    assert "[p0] error: workdir" in proc.stderr and "is in use by another run" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert os.listdir(workdir) == []
