@@ -44,4 +44,9 @@ def sibling(config_file: str, name: str) -> types.ModuleType:
     return module
 
 
-__all__ = ["sibling"]
+def repository_config(name: str) -> types.ModuleType:
+    """`configs/<name>.py` of the checkout this nrc_jax comes from (configs/ is not installed)."""
+    return sibling(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "__init__.py"), name)
+
+
+__all__ = ["sibling", "repository_config"]

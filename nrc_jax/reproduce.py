@@ -64,11 +64,9 @@ STAGES = (
 # --------------------------------------------------------------------- configs
 def load_config_module(name: str):
     """configs/<name>.py of the repository (configs/ is not an installed package)."""
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
-    import importlib
+    from nrc_jax.config_files import repository_config
 
-    return importlib.import_module(f"configs.{name}")
+    return repository_config(name)
 
 
 def stage_config(stage: Stage, epochs_scale: float = 1.0, num_devices: int = -1) -> ml_collections.ConfigDict:

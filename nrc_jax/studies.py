@@ -47,8 +47,9 @@ def study_config(dataset: str = "swimmer", *, epochs: int = 2000, widths: Sequen
                  lr: float = 1e-3, batch_size: int = 1000) -> ml_collections.ConfigDict:
     """The base training config of the studies: configs/mlp.py with Adam (full-batch by default, so
     a few thousand epochs get close to the optimum) and no progress bar; one device."""
-    from configs import mlp
+    from nrc_jax.config_files import repository_config
 
+    mlp = repository_config("mlp")
     config = mlp.get_config()
     config.data.name = dataset
     config.model.widths = tuple(widths)
