@@ -65,3 +65,13 @@ def test_tfds_load_with_tensorflow(tmp_path):
                    builder_kwargs={"file_format": "tfrecord"})
     first = next(iter(tfds.as_numpy(ds)))
     assert first["observation"].shape == (8,)
+
+
+def test_a_missing_expert_file_does_not_break_importing_the_builders():
+    import dataclasses
+
+    from nrc_jax.data.mujoco import envs, tfds_builders
+
+    spec = dataclasses.replace(envs.ENV_SPECS["swimmer"], name="no_such_expert")
+    assert tfds_builders.expert_digest(spec) == "missing"
+    assert tfds_builders.default_config(spec).name.endswith("_expertmissing_steps")
