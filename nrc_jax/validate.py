@@ -256,7 +256,7 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
 
 
 # URL schemes etils.epath (and Orbax) read, with the client library each needs.
-REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs"}
+REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
 
 
 def local_workdir(workdir: str) -> str:
