@@ -1,12 +1,15 @@
-"""Per-layer ("deep") Neural Regression Collapse metrics from sufficient statistics, pure jax.numpy.
+"""Per-layer ("deep") Neural Regression Collapse metrics, pure jax.numpy.
 
 Rows are samples. For hidden layer i the features are `H_i` (M, d_i), the targets `Y` (M, n).
-Every metric is computed from the layer's `metrics.FeatureStats` (sums over samples that add over
-batches, devices and hosts), so a sharded data set is measured exactly inside compiled code; no
-M x M matrix is ever formed. With `S_h` the centered feature covariance (d_i, d_i), `S_hy` the
-centered feature-target cross-covariance (d_i, n), `S_yy` the centered target covariance (n, n),
-`S~` the second moment of the per-sample normalized features, and `V_n` (d_i, n) the top-n
-eigenvectors of `S_h`:
+The metrics are thin wrappers over `nrc_jax.metrics`' statistics-to-metrics code: a layer's
+features are held as `metrics.FeatureMoments`, either as rows in memory (`layer_metrics`,
+`per_layer_metrics`: residuals summed from the rows, covariances from centered rows) or as sums
+(`layer_metrics_from_stats`, from a `metrics.FeatureStats` merged over batches, devices and hosts),
+and NRC1 comes from `metrics.principal_subspace` and `metrics.nrc_variants`, so the last layer's
+values equal `metrics`' NRC1 on the same features. No M x M matrix is ever formed. With `S_h` the
+centered feature covariance (d_i, d_i), `S_hy` the centered feature-target cross-covariance
+(d_i, n), `S_yy` the centered target covariance (n, n), `S~` the second moment of the per-sample
+normalized features, and `V_n` (d_i, n) the top-n eigenvectors of `S_h`:
 
   nrc1_variance       1 - tr(V_n^T S_h V_n) / tr(S_h)                  (Deep NRC's NRC1)
   nrc1                1 - tr(V_n^T S~ V_n) / tr(S~)                     (the paper's NRC1)
@@ -25,10 +28,10 @@ eigenvectors of `S_h`:
   probe_mse           training MSE (summed over target dims, like `metrics.mse`) of the least-squares
                       probe Y ~ H_i B + c: B = (S_h + r I)^{-1} S_hy with the small ridge
                       r = probe_ridge * tr(E[h h^T]), c the mean residual (so the bias is exact).
-                      The ridge keeps directions below the rounding level of the statistics out
-                      of the fit: S_h comes from sums (sum_hh/M - hbar hbar^T), whose error is
-                      about eps * tr(E[h h^T]); default probe_ridge 1e-5 in float32, 1e-12 in
-                      float64 (pass a smaller one in float64 to get the plain least-squares error)
+                      The ridge keeps directions below the rounding level out of the fit: from
+                      sums S_h = sum_hh/M - hbar hbar^T has an error of about eps * tr(E[h h^T]);
+                      default probe_ridge 1e-5 in float32, 1e-12 in float64, on both paths (pass
+                      a smaller one in float64 to get the plain least-squares error)
 
 Layers are numbered from 0 in depth order, like `inspect --export`'s `layer_features_<i>`.
 The weights each layer uses (`layer_weights`):
@@ -50,12 +53,11 @@ import numpy as np
 
 from nrc_jax import metrics, models
 from nrc_jax.errors import ConfigError, DataError
+from nrc_jax.linalg import covariance_from_sums, cross_covariance_from_sums, dot, masked, safe_divide, symmetrize
 
 Array = jax.Array
 LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")
-DEFAULT_PROBE_RIDGE = {"float32": 1e-5, "float64": 1e-12}  # by the dtype of the statistics
-
-_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
+DEFAULT_PROBE_RIDGE = {"float32": 1e-5, "float64": 1e-12}  # by the dtype of the features
 
 
 class LayerWeights(NamedTuple):
@@ -67,23 +69,10 @@ class LayerWeights(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- building blocks
-def _symmetrize(m: Array) -> Array:
-    return 0.5 * (m + m.T)
-
-
-def _centered(total: Array, first_a: Array, first_b: Array, count: Array) -> Array:
-    """(1/M) sum (a - abar)(b - bbar)^T from sum a b^T, sum a, sum b and M."""
-    return (total - jnp.outer(first_a, first_b) / count) / count
-
-
-def _safe_divide(num: Array, den: Array) -> Array:
-    return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
-
-
 def stable_rank(matrix: Array) -> Array:
     """||A||_F^2 / ||A||_2^2 of a 2-D matrix (nan for A = 0). Jittable."""
     singular = jnp.linalg.svd(matrix, compute_uv=False)
-    return _safe_divide(jnp.sum(singular**2), jnp.max(singular) ** 2)
+    return safe_divide(jnp.sum(singular**2), jnp.max(singular) ** 2)
 
 
 def top_right_singular_vectors(matrix: Array, k: int) -> Array:
@@ -95,18 +84,12 @@ def top_right_singular_vectors(matrix: Array, k: int) -> Array:
 def subspace_alignment(basis_a: Array, basis_b: Array) -> Array:
     """Mean singular value of basis_a^T basis_b for orthonormal columns (d, p) and (d, q):
     the mean cosine of the min(p, q) principal angles between the two subspaces, in [0, 1]."""
-    return jnp.mean(jnp.linalg.svd(_dot(basis_a.T, basis_b), compute_uv=False))
-
-
-def _residual_fraction(moment: Array, basis: Array) -> Array:
-    total = jnp.trace(moment)
-    captured = jnp.sum(basis * _dot(moment, basis))
-    return jnp.maximum(total - captured, 0.0) / total
+    return jnp.mean(jnp.linalg.svd(dot(basis_a.T, basis_b), compute_uv=False))
 
 
 def linear_cka_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array) -> Array:
     """Linear CKA ||S_hy||_F^2 / (||S_hh||_F ||S_yy||_F) from centered (d,d), (d,n), (n,n) covariances."""
-    return _safe_divide(jnp.sum(s_hy**2), jnp.linalg.norm(s_hh) * jnp.linalg.norm(s_yy))
+    return safe_divide(jnp.sum(s_hy**2), jnp.linalg.norm(s_hh) * jnp.linalg.norm(s_yy))
 
 
 def probe_mse_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array, ridge: float) -> Array:
@@ -116,19 +99,64 @@ def probe_mse_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array, ridge: flo
     B = U diag(1/(e + r)) G leaves MSE = tr(S_yy) - 2 tr(B^T S_hy) + tr(B^T S_hh B)
     = tr(S_yy) - sum_k ||G_k||^2 (e_k + 2r) / (e_k + r)^2 (clipped at 0 against rounding).
     """
-    values, vectors = jnp.linalg.eigh(_symmetrize(s_hh))
+    values, vectors = jnp.linalg.eigh(symmetrize(s_hh))
     values = jnp.clip(values, 0.0, None)
     r = ridge
-    g_sq = jnp.sum(_dot(vectors.T, s_hy) ** 2, axis=1)
+    g_sq = jnp.sum(dot(vectors.T, s_hy) ** 2, axis=1)
     den = (values + r) ** 2
     explained = jnp.sum(jnp.where(den > 0, g_sq * (values + 2 * r) / jnp.where(den > 0, den, 1.0), 0.0))
     return jnp.maximum(jnp.trace(s_yy) - explained, 0.0)
 
 
 # ----------------------------------------------------------------------------- one layer
+class LayerMoments(NamedTuple):
+    """What the per-layer metrics read of one layer over the whole set: the count M, the moments of
+    the features H (M, d) as `metrics.FeatureMoments` (rows or sums), and the centered
+    feature-target cross-covariance S_hy (d, n) and target covariance S_yy (n, n)."""
+
+    count: Array
+    features: metrics.FeatureMoments
+    s_hy: Array
+    s_yy: Array
+
+
+def layer_moments_from_stats(stats: metrics.FeatureStats) -> LayerMoments:
+    """LayerMoments held as sums (merged over batches, devices or hosts): residuals are trace
+    differences, covariances `sum x x^T / M - xbar xbar^T` (docs/nrc.md, "Precision")."""
+    count = stats.count
+    return LayerMoments(count=count, features=metrics.feature_moments_from_stats(stats),
+                        s_hy=cross_covariance_from_sums(stats.sum_hy, stats.sum_h, stats.sum_y, count),
+                        s_yy=covariance_from_sums(stats.sum_yy, stats.sum_y, count))
+
+
+def layer_moments_from_rows(h: Array, y: Array, mask: Array | None = None) -> LayerMoments:
+    """LayerMoments held as rows: h (M, d), y (M, n), mask (M,) or None (rows with False ignored,
+    whatever they hold). Residuals are summed from the residual vectors and every covariance is
+    formed from centered rows, as in `metrics.metrics_from_features`."""
+    h, y = masked(h, mask), masked(y, mask)
+    count = jnp.asarray(h.shape[0], h.dtype) if mask is None else jnp.sum(mask).astype(h.dtype)
+    features = metrics.feature_moments_from_rows(h, jnp.sum(h, axis=0) / count, mask, centered=False)
+    y_centered = masked(y - (jnp.sum(y, axis=0) / count)[None, :], mask)
+    return LayerMoments(count=count, features=features,
+                        s_hy=dot(features.centered_raw.rows.T, y_centered) / count,
+                        s_yy=symmetrize(dot(y_centered.T, y_centered)) / count)
+
+
+def _check_layer(d: int, n: int, weights: LayerWeights | None) -> None:
+    if not 1 <= n <= d:
+        raise ConfigError(f"n={n} principal directions need 1 <= n <= d={d} (layer width)")
+    if weights is not None and weights.reader.shape[1] != d:
+        raise DataError(f"reader weights shape {tuple(weights.reader.shape)} do not read a layer of width {d}")
+
+
+def _default_ridge(probe_ridge: float | None, dtype: Any) -> float:
+    return DEFAULT_PROBE_RIDGE["float64" if dtype == jnp.float64 else "float32"] if probe_ridge is None \
+        else probe_ridge
+
+
 def layer_metrics_from_stats(stats: metrics.FeatureStats, weights: LayerWeights | None = None, *,
                              n: int | None = None, probe_ridge: float | None = None) -> dict[str, Array]:
-    """Every per-layer metric (module docstring) of one hidden layer. Jittable.
+    """Every per-layer metric (module docstring) of one hidden layer, from sums. Jittable.
 
     Args:
       stats: FeatureStats of the layer's features (d) and the targets (n) over the whole set.
@@ -140,30 +168,45 @@ def layer_metrics_from_stats(stats: metrics.FeatureStats, weights: LayerWeights 
     """
     d, n_targets = stats.sum_hy.shape
     n = n_targets if n is None else n
-    if not 1 <= n <= d:
-        raise ConfigError(f"n={n} principal directions need 1 <= n <= d={d} (layer width)")
-    if weights is not None and weights.reader.shape[1] != d:
-        raise DataError(f"reader weights shape {tuple(weights.reader.shape)} do not read a layer of width {d}")
-    if probe_ridge is None:
-        probe_ridge = DEFAULT_PROBE_RIDGE["float64" if stats.sum_hh.dtype == jnp.float64 else "float32"]
-    return _layer_metrics_impl(stats, weights, n, probe_ridge)
+    _check_layer(d, n, weights)
+    return _layer_metrics_from_stats_impl(stats, weights, n, _default_ridge(probe_ridge, stats.sum_hh.dtype))
+
+
+def layer_metrics(features: Any, targets: Any, weights: LayerWeights | None = None, *, n: int | None = None,
+                  probe_ridge: float | None = None, mask: Any | None = None) -> dict[str, Array]:
+    """`layer_metrics_from_stats`' metrics of rows in memory (residuals summed from the rows, so
+    small ones keep their precision): features (M, d), targets (M, n) or (M,), mask (M,) or None."""
+    h, y, _, mask = metrics.check_rows(features, targets, targets, mask)
+    n = y.shape[1] if n is None else n
+    _check_layer(h.shape[1], n, weights)
+    return _layer_metrics_from_rows_impl(h, y, mask, weights, n, _default_ridge(probe_ridge, h.dtype))
 
 
 @functools.partial(jax.jit, static_argnums=2)
-def _layer_metrics_impl(stats, weights, n, probe_ridge):
-    count = stats.count
-    s_hh = _symmetrize(_centered(stats.sum_hh, stats.sum_h, stats.sum_h, count))
-    s_hy = _centered(stats.sum_hy, stats.sum_h, stats.sum_y, count)
-    s_yy = _symmetrize(_centered(stats.sum_yy, stats.sum_y, stats.sum_y, count))
-    values, vectors = jnp.linalg.eigh(s_hh)
-    values = jnp.clip(values[::-1], 0.0, None)
-    pcs = vectors[:, ::-1][:, :n]
+def _layer_metrics_from_stats_impl(stats, weights, n, probe_ridge):
+    return _layer_metrics(layer_moments_from_stats(stats), weights, n, probe_ridge)
+
+
+@functools.partial(jax.jit, static_argnums=4)
+def _layer_metrics_from_rows_impl(h, y, mask, weights, n, probe_ridge):
+    return _layer_metrics(layer_moments_from_rows(h, y, mask), weights, n, probe_ridge)
+
+
+def _layer_metrics(m: LayerMoments, weights: LayerWeights | None, n: int, probe_ridge: float) -> dict[str, Array]:
+    """The LAYER_KEYS scalars of one layer: NRC1 in both forms from `metrics.nrc_variants` on the
+    top-n principal directions of `metrics.principal_subspace`, the rest from its covariance."""
+    d = m.s_hy.shape[0]
+    s_hh, values, pcs = metrics.principal_subspace(m.features, m.count, d)
+    values = jnp.clip(values, 0.0, None)
+    pcs = pcs[:, :n]
+    nrc1 = metrics.nrc_variants(m.features, m.count, pcs)
+    ridge = probe_ridge * m.features.raw.total() / m.count
     out = {
-        "nrc1_variance": _residual_fraction(s_hh, pcs),
-        "nrc1": _residual_fraction(stats.sum_hn_hn, pcs),
-        "stable_rank": _safe_divide(jnp.sum(values), values[0]),
-        "cka": linear_cka_from_covariances(s_hh, s_hy, s_yy),
-        "probe_mse": probe_mse_from_covariances(s_hh, s_hy, s_yy, probe_ridge * jnp.trace(stats.sum_hh) / count),
+        "nrc1_variance": nrc1["variance"],
+        "nrc1": nrc1["paper"],
+        "stable_rank": safe_divide(jnp.sum(values), values[0]),
+        "cka": linear_cka_from_covariances(s_hh, m.s_hy, m.s_yy),
+        "probe_mse": probe_mse_from_covariances(s_hh, m.s_hy, m.s_yy, ridge),
     }
     nan = jnp.full((), jnp.nan, s_hh.dtype)
     if weights is None:
@@ -173,15 +216,6 @@ def _layer_metrics_impl(stats, weights, n, probe_ridge):
         out["weight_stable_rank"] = stable_rank(weights.own.astype(s_hh.dtype))
         out["alignment"] = subspace_alignment(pcs, top_right_singular_vectors(reader, n))
     return {k: out[k] for k in LAYER_KEYS}
-
-
-def layer_metrics(features: Any, targets: Any, weights: LayerWeights | None = None, *, n: int | None = None,
-                  probe_ridge: float | None = None) -> dict[str, Array]:
-    """`layer_metrics_from_stats` of arrays: features (M, d), targets (M, n) or (M,)."""
-    y = jnp.asarray(targets)
-    y = y[:, None] if y.ndim == 1 else y
-    stats = metrics.feature_stats(features, y, y)
-    return layer_metrics_from_stats(stats, weights, n=n, probe_ridge=probe_ridge)
 
 
 # ----------------------------------------------------------------------------- a whole network
@@ -226,19 +260,20 @@ def layer_weights(params: Any, model_config: Any) -> list[LayerWeights]:
 
 def per_layer_metrics(hidden: Sequence[Array], targets: Array, predictions: Array, weights: Sequence[LayerWeights],
                       mask: Array | None = None, *, probe_ridge: float | None = None) -> dict[str, Array]:
-    """Per-layer metrics of a network on one set, for use inside compiled code.
+    """Per-layer metrics of a network on one set held in memory, for use inside compiled code.
 
     Args:
       hidden: list of L feature arrays (M, d_i), in depth order.
-      targets, predictions: (M, n). weights: L LayerWeights (`layer_weights`).
+      targets, predictions: (M, n) (the predictions are checked like the targets; no per-layer
+        metric reads them). weights: L LayerWeights (`layer_weights`).
       mask: optional (M,) row mask (padding rows 0).
     Returns: dict key -> (L,) array for every LAYER_KEYS entry, plus `width` (L,) int32.
     """
     if len(hidden) != len(weights):
         raise DataError(f"{len(hidden)} hidden layers but {len(weights)} LayerWeights")
-    per_layer = [layer_metrics_from_stats(metrics.feature_stats(h, targets, predictions, mask), w,
-                                          probe_ridge=probe_ridge)
-                 for h, w in zip(hidden, weights)]
+    if hidden:
+        metrics.check_rows(hidden[-1], targets, predictions, mask)
+    per_layer = [layer_metrics(h, targets, w, probe_ridge=probe_ridge, mask=mask) for h, w in zip(hidden, weights)]
     out = {k: jnp.stack([m[k] for m in per_layer]) for k in LAYER_KEYS}
     out["width"] = jnp.asarray([h.shape[-1] for h in hidden], jnp.int32)
     return out
@@ -256,6 +291,7 @@ def layer_rows(layers: dict[str, Any]) -> list[dict]:
     return rows
 
 
-__all__ = ["LAYER_KEYS", "LayerWeights", "stable_rank", "top_right_singular_vectors", "subspace_alignment",
-           "linear_cka_from_covariances", "probe_mse_from_covariances", "layer_metrics_from_stats",
-           "layer_metrics", "layer_weights", "per_layer_metrics", "layer_rows"]
+__all__ = ["LAYER_KEYS", "LayerWeights", "LayerMoments", "stable_rank", "top_right_singular_vectors",
+           "subspace_alignment", "linear_cka_from_covariances", "probe_mse_from_covariances",
+           "layer_moments_from_stats", "layer_moments_from_rows", "layer_metrics_from_stats", "layer_metrics",
+           "layer_weights", "per_layer_metrics", "layer_rows"]

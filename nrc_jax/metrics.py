@@ -33,6 +33,10 @@ exact; `metrics_from_stats` turns them into every metric above. The "centered" n
 needs hbar before normalizing, so it takes a second pass: `centered_feature_stats(features, mean)`.
 Where every row is in memory (the trainer's evaluation), `metrics_from_features` gives the same dict
 with one d x d product instead of three; `regression_metrics` gives MSE and R2 alone.
+One definition of each metric: every entry point (the array functions, `metrics_from_features`,
+`metrics_from_stats` and `nrc_jax.deep`'s per-layer metrics) holds the moments of H as a
+`FeatureMoments` (rows or sums) and reads the principal directions from `principal_subspace` and
+NRC1/NRC2 in every variant from `nrc_variants`; MSE and R2 come from one function of sums.
 FeatureStats sums are accumulated in the input dtype: in float32 their centered covariance
 `sum_hh/M - hbar hbar^T` loses digits when |hbar| >> the feature spread; the in-memory paths center
 the rows first.
@@ -46,83 +50,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from nrc_jax.checks import array_arg, count_arg, finite_arg, nonnegative_scalar_arg
 from nrc_jax.errors import ConfigError, DataError
+from nrc_jax.linalg import (Gram, Rows, covariance_from_sums, dot, masked, normalize_rows, residual_share,
+                            row_space_basis, symmetrize, top_eigh)
 
 VARIANTS = ("paper", "centered", "variance", "unnormalized", "unnormalized_md")
 Array = jax.Array
 ArrayLike = Any
 
-_HIGHEST = jax.lax.Precision.HIGHEST
-_dot = functools.partial(jnp.matmul, precision=_HIGHEST)
-
 
 # ----------------------------------------------------------------------------- validation
-def _is_concrete(x: ArrayLike) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def _array_arg(name: str, x: ArrayLike, ndim: int, *, check_finite: bool = True) -> Array:
-    """`x` as a floating jax array of rank `ndim`; DataError naming `name` otherwise.
-
-    Integer inputs become the default float dtype, half precision becomes float32 (sums of many
-    samples in 16 bits would lose the metric).
-    """
-    if x is None:
-        raise DataError(f"{name} is required, got None")
-    if _is_concrete(x) and not isinstance(x, jax.Array):
-        x = np.asarray(x)
-        if not np.issubdtype(x.dtype, np.floating):
-            x = x.astype(np.float32)
-    if x.ndim != ndim:
-        raise DataError(f"{name} must be {ndim}-D, got shape {tuple(x.shape)}")
-    if check_finite:
-        _check_finite(name, x)
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.result_type(float))
-    elif jnp.finfo(x.dtype).bits < 32:
-        x = x.astype(jnp.float32)
-    return x
-
-
-def _check_finite(name: str, x: ArrayLike, mask: ArrayLike | None = None) -> None:
-    """DataError if a concrete `x` has non-finite values in the rows `mask` keeps (all by default)."""
-    if not (_is_concrete(x) and _is_concrete(mask)):
-        return
-    xp = np if isinstance(x, np.ndarray) and not isinstance(mask, jax.Array) else jnp
-    with jax.ensure_compile_time_eval():  # concrete arrays captured inside a jit stay concrete
-        if mask is not None:
-            x = xp.where(xp.reshape(mask, (-1,) + (1,) * (x.ndim - 1)), x, 0.0)
-        finite = bool(xp.isfinite(x).all())
-    if not finite:
-        where = "" if mask is None else " in rows the mask keeps"
-        raise DataError(f"{name} (shape {tuple(x.shape)}) contains non-finite values{where}")
-
-
-def _check_count(name: str, value: Any, low: int, high: int, context: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be a Python int (static), got {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(f"{name} must be in [{low}, {high}] ({context}), got {value}")
-    return int(value)
-
-
 def _check_variant(variant: str) -> str:
     if variant not in VARIANTS:
         raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
     return variant
 
 
-def _check_gamma(gamma: ArrayLike) -> ArrayLike:
-    if _is_concrete(gamma):
-        value = np.asarray(gamma)
-        if value.shape != () or not np.isfinite(value) or value < 0:
-            raise ConfigError(f"gamma must be a finite scalar >= 0, got {gamma!r}")
-    return gamma
-
-
 def _check_weights(weights: ArrayLike, d: int | None = None) -> Array:
-    w = _array_arg("weights", weights, 2)
+    w = array_arg("weights", weights, 2)
     n, dw = w.shape
     if d is not None and dw != d:
         raise DataError(f"weights shape {tuple(w.shape)} does not match feature dim d={d} (want (n, {d}))")
@@ -132,7 +78,7 @@ def _check_weights(weights: ArrayLike, d: int | None = None) -> Array:
 
 
 def _check_sigma(sigma: ArrayLike, n: int) -> Array:
-    s = _array_arg("sigma", sigma, 2)
+    s = array_arg("sigma", sigma, 2)
     if s.shape != (n, n):
         raise DataError(f"sigma shape {tuple(s.shape)} must be (n, n) = ({n}, {n}) to match weights")
     return s
@@ -150,96 +96,15 @@ def _check_targets_predictions(targets: ArrayLike, predictions: ArrayLike, *,
 def _as_2d(name: str, x: ArrayLike, check_finite: bool = True) -> Array:
     """A (M,) array becomes (M, 1); (M, n) stays."""
     if np.ndim(x) == 1:
-        return _array_arg(name, x, 1, check_finite=check_finite)[:, None]
-    return _array_arg(name, x, 2, check_finite=check_finite)
+        return array_arg(name, x, 1, check_finite=check_finite)[:, None]
+    return array_arg(name, x, 2, check_finite=check_finite)
 
 
 # ----------------------------------------------------------------------------- linear algebra
-def _symmetrize(m: Array) -> Array:
-    return 0.5 * (m + m.T)
-
-
-def _top_eigh(cov: Array, r: int) -> tuple[Array, Array]:
-    """Top-r eigenpairs of a symmetric matrix, descending: values (r,), vectors (d, r)."""
-    values, vectors = jnp.linalg.eigh(_symmetrize(cov))
-    return values[::-1][:r], vectors[:, ::-1][:, :r]
-
-
-def _row_space_basis(weights: Array) -> tuple[Array, Array]:
-    """Orthonormal basis (d, n) of the row space of W with a 0/1 mask (n,) of the kept directions.
-
-    Directions with singular value <= max(n, d) * eps * s_max are dropped (numerical rank).
-    """
-    _, singular, vt = jnp.linalg.svd(weights, full_matrices=False)
-    tol = max(weights.shape) * jnp.finfo(weights.dtype).eps * singular[0]
-    keep = (singular > tol).astype(weights.dtype)
-    return vt.T, keep
-
-
-def _captured(moment: Array, basis: Array, keep: Array | None = None) -> Array:
-    """tr(P M) for P = basis diag(keep) basis^T (basis has orthonormal columns)."""
-    per_direction = jnp.sum(basis * _dot(moment, basis), axis=0)
-    if keep is not None:
-        per_direction = per_direction * keep
-    return jnp.sum(per_direction)
-
-
-class _Gram(NamedTuple):
-    """A second moment held as the (d, d) sum of x x^T over rows (mergeable over batches/hosts).
-
-    Its residual outside a subspace is tr(M) - tr(P M): a difference of two sums, so float rounding
-    leaves a floor of about eps * tr(M) (float32: ~1e-7 relative); docs/nrc.md states it.
-    """
-
-    sum_xx: Array
-
-    def total(self) -> Array:
-        return jnp.trace(self.sum_xx)
-
-    def gram(self) -> Array:
-        return self.sum_xx
-
-    def residual(self, basis: Array, keep: Array | None = None) -> Array:
-        return jnp.maximum(self.total() - _captured(self.sum_xx, basis, keep), 0.0)
-
-
-class _Rows(NamedTuple):
-    """The same moment held as the rows x (M, d) themselves, dropped rows zero.
-
-    The residual is summed from the residual vectors x - P x themselves, so it keeps its relative
-    precision however small it is (no cancellation against the captured part); it costs M*d*n.
-    """
-
-    rows: Array
-
-    def total(self) -> Array:
-        return jnp.sum(jnp.square(self.rows))
-
-    def gram(self) -> Array:
-        return _dot(self.rows.T, self.rows)
-
-    def residual(self, basis: Array, keep: Array | None = None) -> Array:
-        coords = _dot(self.rows, basis)
-        if keep is not None:
-            coords = coords * keep[None, :]
-        return jnp.sum(jnp.square(self.rows - _dot(coords, basis.T)))
-
-
-def _residual_share(moment: _Gram | _Rows, basis: Array, keep: Array | None = None) -> Array:
-    """||x - P x||^2 summed over rows / sum ||x||^2 (for unit rows: the mean residual)."""
-    return moment.residual(basis, keep) / moment.total()
-
-
 def _unit(m: Array) -> Array:
     """m / ||m||_F, and the zero matrix for m = 0."""
     norm = jnp.linalg.norm(m)
     return jnp.where(norm > 0, m / jnp.where(norm > 0, norm, 1.0), 0.0)
-
-
-def _normalize_rows(h: Array) -> Array:
-    """Rows divided by their norm; zero rows stay zero (so they drop out of sums of ht ht^T)."""
-    norms = jnp.linalg.norm(h, axis=1, keepdims=True)
-    return jnp.where(norms > 0, h / jnp.where(norms > 0, norms, 1.0), 0.0)
 
 
 def top_eigenvectors(
@@ -259,16 +124,16 @@ def top_eigenvectors(
     Returns:
       (values (n,), vectors (d, n)), descending like `jnp.linalg.eigh` reversed. Jittable.
     """
-    cov = _array_arg("cov", cov, 2)
+    cov = array_arg("cov", cov, 2)
     d = cov.shape[0]
     if cov.shape != (d, d):
         raise DataError(f"cov must be square (d, d), got shape {tuple(cov.shape)}")
-    n = _check_count("n", n, 1, d, f"cov is {d}x{d}")
-    iters = _check_count("iters", iters, 0, 10**6, "QR iterations")
+    n = count_arg("n", n, 1, d, f"cov is {d}x{d}")
+    iters = count_arg("iters", iters, 0, 10**6, "QR iterations")
     if init is None:
         init = jax.random.normal(jax.random.PRNGKey(0), (d, n), cov.dtype)
     else:
-        init = _array_arg("init", init, 2)
+        init = array_arg("init", init, 2)
         if init.shape != (d, n):
             raise DataError(f"init shape {tuple(init.shape)} must be (d, n) = ({d}, {n})")
     return _subspace_iteration(cov, init.astype(cov.dtype), iters)
@@ -276,14 +141,14 @@ def top_eigenvectors(
 
 @functools.partial(jax.jit, static_argnums=2)
 def _subspace_iteration(cov: Array, init: Array, iters: int) -> tuple[Array, Array]:
-    cov = _symmetrize(cov)
+    cov = symmetrize(cov)
 
     def step(_, q):
-        return jnp.linalg.qr(_dot(cov, q))[0]
+        return jnp.linalg.qr(dot(cov, q))[0]
 
     q = jax.lax.fori_loop(0, iters, step, jnp.linalg.qr(init)[0])
-    ritz_values, ritz_vectors = jnp.linalg.eigh(_symmetrize(_dot(q.T, _dot(cov, q))))
-    return ritz_values[::-1], _dot(q, ritz_vectors[:, ::-1])
+    ritz_values, ritz_vectors = jnp.linalg.eigh(symmetrize(dot(q.T, dot(cov, q))))
+    return ritz_values[::-1], dot(q, ritz_vectors[:, ::-1])
 
 
 def pca_basis_init(d: int, n: int, *, evr_k: int = 5, key: Array | None = None,
@@ -298,38 +163,26 @@ def pca_basis_init(d: int, n: int, *, evr_k: int = 5, key: Array | None = None,
 
 
 # ----------------------------------------------------------------------------- array metrics
-def _centered_covariance(h: Array) -> Array:
-    """(1/M) (H - hbar)^T (H - hbar), centered before the product (two passes: exact for any mean)."""
-    centered = h - jnp.mean(h, axis=0, keepdims=True)
-    return _dot(centered.T, centered) / h.shape[0]
-
-
-def _variant_nrc(h: Array, basis: Array, keep: Array | None, variant: str) -> Array:
-    centered = h - jnp.mean(h, axis=0, keepdims=True)
-    if variant == "paper":
-        return _residual_share(_Rows(_normalize_rows(h)), basis, keep)
-    if variant == "centered":
-        return _residual_share(_Rows(_normalize_rows(centered)), basis, keep)
-    if variant == "variance":
-        return _residual_share(_Rows(centered), basis, keep)
-    per_row = _Rows(h).residual(basis, keep) / h.shape[0]
-    return per_row / h.shape[1] if variant == "unnormalized_md" else per_row
+def _all_rows(h: Array, centered: bool) -> tuple[FeatureMoments, Array]:
+    """FeatureMoments (held as rows) of every row of h (M, d), and the count M."""
+    return feature_moments_from_rows(h, jnp.mean(h, axis=0), centered=centered), jnp.asarray(h.shape[0], h.dtype)
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _nrc1_impl(h: Array, n: int, variant: str) -> Array:
-    _, basis = _top_eigh(_centered_covariance(h), n)
-    return _variant_nrc(h, basis, None, variant)
+    f, count = _all_rows(h, variant == "centered")
+    _, _, basis = principal_subspace(f, count, n)
+    return nrc_variants(f, count, basis)[variant]
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _nrc2_impl(h: Array, w: Array, variant: str) -> Array:
-    basis, keep = _row_space_basis(w)
-    return _variant_nrc(h, basis, keep, variant)
+    f, count = _all_rows(h, variant == "centered")
+    return nrc_variants(f, count, *row_space_basis(w))[variant]
 
 
 def _features_arg(features: ArrayLike, check_finite: bool = True) -> Array:
-    h = _array_arg("features", features, 2, check_finite=check_finite)
+    h = array_arg("features", features, 2, check_finite=check_finite)
     if h.shape[0] < 1 or h.shape[1] < 1:
         raise DataError(f"features must be (M, d) with M, d >= 1, got shape {tuple(h.shape)}")
     return h
@@ -345,7 +198,7 @@ def nrc1(features: ArrayLike, n: int, *, variant: str = "paper") -> Array:
     Returns: scalar.
     """
     h = _features_arg(features)
-    n = _check_count("n", n, 1, h.shape[1], f"features shape {tuple(h.shape)}")
+    n = count_arg("n", n, 1, h.shape[1], f"features shape {tuple(h.shape)}")
     return _nrc1_impl(h, n, _check_variant(variant))
 
 
@@ -371,9 +224,9 @@ def _nrc3_values(w: Array, sigma: Array, gammas: Array) -> Array:
     """
     if w.shape[0] == 1:
         return jnp.zeros_like(gammas)
-    values, vectors = jnp.linalg.eigh(_symmetrize(sigma))
+    values, vectors = jnp.linalg.eigh(symmetrize(sigma))
     roots = jnp.sqrt(jnp.clip(values, 0.0, None))
-    rotated = _dot(vectors.T, _dot(_unit(_dot(w, w.T)), vectors))
+    rotated = dot(vectors.T, dot(_unit(dot(w, w.T)), vectors))
     diagonal = jnp.diagonal(rotated)
     off_diagonal = jnp.sum(jnp.where(jnp.eye(w.shape[0], dtype=bool), 0.0, rotated**2))
     a_gamma = roots[None, :] - jnp.sqrt(gammas)[:, None]
@@ -395,12 +248,12 @@ def nrc3(weights: ArrayLike, sigma: ArrayLike, gamma: ArrayLike) -> Array:
     """
     w = _check_weights(weights)
     s = _check_sigma(sigma, w.shape[0])
-    return _nrc3_impl(w, s.astype(w.dtype), _check_gamma(gamma))
+    return _nrc3_impl(w, s.astype(w.dtype), nonnegative_scalar_arg("gamma", gamma))
 
 
 @functools.partial(jax.jit, static_argnums=2)
 def _nrc3_curve_impl(w: Array, sigma: Array, num: int) -> tuple[Array, Array]:
-    lambda_min = jnp.maximum(jnp.linalg.eigvalsh(_symmetrize(sigma))[0], 0.0)
+    lambda_min = jnp.maximum(jnp.linalg.eigvalsh(symmetrize(sigma))[0], 0.0)
     gammas = jnp.linspace(0.0, lambda_min, num, endpoint=False, dtype=w.dtype)
     return gammas, _nrc3_values(w, sigma, gammas)
 
@@ -412,7 +265,7 @@ def nrc3_curve(weights: ArrayLike, sigma: ArrayLike, num: int = 1000) -> tuple[A
     """
     w = _check_weights(weights)
     s = _check_sigma(sigma, w.shape[0])
-    num = _check_count("num", num, 1, 10**7, "grid size")
+    num = count_arg("num", num, 1, 10**7, "grid size")
     return _nrc3_curve_impl(w, s.astype(w.dtype), num)
 
 
@@ -447,21 +300,21 @@ def best_gamma(weights: ArrayLike, sigma: ArrayLike, num: int = 1000, *,
     """
     w = _check_weights(weights)
     s = _check_sigma(sigma, w.shape[0])
-    num = _check_count("num", num, 1, 10**7, "grid size")
+    num = count_arg("num", num, 1, 10**7, "grid size")
     return _best_gamma_impl(w, s.astype(w.dtype), num, bool(refine))
 
 
 @functools.partial(jax.jit, static_argnums=1)
 def _evr_impl(h: Array, k: int) -> Array:
-    cov = _centered_covariance(h)
-    values, _ = _top_eigh(cov, k)
+    f, count = _all_rows(h, False)
+    cov, values, _ = principal_subspace(f, count, k)
     return values / jnp.trace(cov)
 
 
 def explained_variance_ratio(features: ArrayLike, k: int) -> Array:
     """Fraction of the variance of centered H on each of its top-k principal components, (k,)."""
     h = _features_arg(features)
-    k = _check_count("k", k, 1, h.shape[1], f"features shape {tuple(h.shape)}")
+    k = count_arg("k", k, 1, h.shape[1], f"features shape {tuple(h.shape)}")
     return _evr_impl(h, k)
 
 
@@ -469,8 +322,8 @@ def explained_variance_ratio(features: ArrayLike, k: int) -> Array:
 def _target_stats_impl(y: Array) -> dict[str, Array]:
     mean = jnp.mean(y, axis=0)
     centered = y - mean[None, :]
-    sigma = _dot(centered.T, centered) / y.shape[0]
-    eigenvalues = jnp.linalg.eigvalsh(_symmetrize(sigma))[::-1]
+    sigma = dot(centered.T, centered) / y.shape[0]
+    eigenvalues = jnp.linalg.eigvalsh(symmetrize(sigma))[::-1]
     std = jnp.sqrt(jnp.diag(sigma))
     return {
         "mean": mean,
@@ -492,35 +345,30 @@ def target_stats(targets: ArrayLike) -> dict[str, Array]:
 
 
 @jax.jit
-def _mse_per_dim_impl(y: Array, p: Array) -> Array:
-    return jnp.mean((p - y) ** 2, axis=0)
-
-
-@jax.jit
-def _r2_per_dim_impl(y: Array, p: Array) -> Array:
-    sse = jnp.sum((p - y) ** 2, axis=0)
+def _array_regression_impl(y: Array, p: Array) -> dict[str, Array]:
+    """`_regression_from_sums` of rows y, p (M, n), SST from centered rows (two passes)."""
     sst = jnp.sum((y - jnp.mean(y, axis=0, keepdims=True)) ** 2, axis=0)
-    return 1.0 - sse / sst
+    return _regression_from_sums(jnp.asarray(y.shape[0], y.dtype), jnp.sum((p - y) ** 2, axis=0), sst)
 
 
 def mse_per_dim(targets: ArrayLike, predictions: ArrayLike) -> Array:
     """(1/M) sum_i (yhat_ij - y_ij)^2 per target dimension, (n,). Inputs (M, n) or (M,)."""
-    return _mse_per_dim_impl(*_check_targets_predictions(targets, predictions))
+    return _array_regression_impl(*_check_targets_predictions(targets, predictions))["mse_per_dim"]
 
 
 def mse(targets: ArrayLike, predictions: ArrayLike) -> Array:
     """(1/M) sum_i ||yhat_i - y_i||^2 (summed over target dims), scalar."""
-    return jnp.sum(mse_per_dim(targets, predictions))
+    return _array_regression_impl(*_check_targets_predictions(targets, predictions))["mse"]
 
 
 def r2_per_dim(targets: ArrayLike, predictions: ArrayLike) -> Array:
     """1 - SSE_j / SST_j per target dimension, (n,)."""
-    return _r2_per_dim_impl(*_check_targets_predictions(targets, predictions))
+    return _array_regression_impl(*_check_targets_predictions(targets, predictions))["r2_per_dim"]
 
 
 def r2(targets: ArrayLike, predictions: ArrayLike) -> Array:
     """Mean over target dimensions of `r2_per_dim`, scalar."""
-    return jnp.mean(r2_per_dim(targets, predictions))
+    return _array_regression_impl(*_check_targets_predictions(targets, predictions))["r2"]
 
 
 # ----------------------------------------------------------------------------- sufficient stats
@@ -585,38 +433,35 @@ def _mask_arg(mask: ArrayLike | None, m: int) -> Array | None:
     return mask.astype(bool)
 
 
-def _masked(x: Array, mask: Array | None) -> Array:
-    # where, not multiply: padded rows may hold anything, even nan.
-    return x if mask is None else jnp.where(mask[:, None], x, 0.0)
-
-
 def _target_moments(y: Array, p: Array, mask: Array | None) -> _Moments:
     """The target and residual sums of the rows `mask` keeps (sum_h, sum_hh left None)."""
-    y, p = _masked(y, mask), _masked(p, mask)
+    y, p = masked(y, mask), masked(p, mask)
     count = jnp.asarray(y.shape[0], y.dtype) if mask is None else jnp.sum(mask).astype(y.dtype)
     res = p - y
-    return _Moments(count=count, sum_h=None, sum_hh=None, sum_y=jnp.sum(y, axis=0), sum_yy=_dot(y.T, y),
+    return _Moments(count=count, sum_h=None, sum_hh=None, sum_y=jnp.sum(y, axis=0), sum_yy=dot(y.T, y),
                     sum_res=jnp.sum(res, axis=0), sum_res_sq=jnp.sum(res**2, axis=0))
 
 
 def _first_moments(h: Array, y: Array, p: Array, mask: Array | None) -> tuple[_Moments, Array]:
     """The `_Moments` of the rows `mask` keeps (sum_hh left None), and h with the dropped rows zeroed."""
-    h = _masked(h, mask)
+    h = masked(h, mask)
     return _target_moments(y, p, mask)._replace(sum_h=jnp.sum(h, axis=0)), h
 
 
 @jax.jit
 def _feature_stats_impl(h: Array, y: Array, p: Array, mask: Array | None) -> FeatureStats:
     m, h = _first_moments(h, y, p, mask)
-    hn = _normalize_rows(h)
-    return FeatureStats(count=m.count, sum_h=m.sum_h, sum_hh=_dot(h.T, h), sum_hn_hn=_dot(hn.T, hn),
-                        sum_y=m.sum_y, sum_yy=m.sum_yy, sum_hy=_dot(h.T, _masked(y, mask)),
+    hn = normalize_rows(h)
+    return FeatureStats(count=m.count, sum_h=m.sum_h, sum_hh=dot(h.T, h), sum_hn_hn=dot(hn.T, hn),
+                        sum_y=m.sum_y, sum_yy=m.sum_yy, sum_hy=dot(h.T, masked(y, mask)),
                         sum_res=m.sum_res, sum_res_sq=m.sum_res_sq)
 
 
-def _rows_args(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
-               mask: ArrayLike | None) -> tuple[Array, Array, Array, Array | None]:
-    """Validated (h, y, p, mask) of one set of rows, y and p in h's dtype; DataError naming the argument."""
+def check_rows(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
+               mask: ArrayLike | None = None) -> tuple[Array, Array, Array, Array | None]:
+    """Validated (h (M, d), y (M, n), p (M, n), mask (M,) or None) of one set of rows, y and p in h's
+    dtype; targets/predictions (M,) become (M, 1). DataError naming the argument; non-finite values
+    in kept rows are refused when the inputs are concrete (not traced)."""
     h = _features_arg(features, check_finite=False)
     y, p = _check_targets_predictions(targets, predictions, check_finite=False)
     if y.shape[0] != h.shape[0]:
@@ -624,7 +469,7 @@ def _rows_args(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
                         "have different numbers of rows")
     mask = _mask_arg(mask, h.shape[0])
     for name, x in (("features", h), ("targets", y), ("predictions", p)):
-        _check_finite(name, x, mask)
+        finite_arg(name, x, mask)
     return h, y.astype(h.dtype), p.astype(h.dtype), mask
 
 
@@ -638,14 +483,14 @@ def feature_stats(features: ArrayLike, targets: ArrayLike, predictions: ArrayLik
     Jittable; with the batch sharded over devices XLA inserts the cross-device sums.
     Non-finite values in kept rows raise DataError when the inputs are concrete (not traced).
     """
-    return _feature_stats_impl(*_rows_args(features, targets, predictions, mask))
+    return _feature_stats_impl(*check_rows(features, targets, predictions, mask))
 
 
 @jax.jit
 def _centered_stats_impl(h: Array, mean: Array, mask: Array | None) -> CenteredStats:
-    hcn = _masked(_normalize_rows(h - mean[None, :]), mask)
+    hcn = masked(normalize_rows(h - mean[None, :]), mask)
     count = jnp.asarray(h.shape[0], h.dtype) if mask is None else jnp.sum(mask).astype(h.dtype)
-    return CenteredStats(count=count, sum_hcn_hcn=_dot(hcn.T, hcn))
+    return CenteredStats(count=count, sum_hcn_hcn=dot(hcn.T, hcn))
 
 
 def centered_feature_stats(features: ArrayLike, mean: ArrayLike,
@@ -657,11 +502,11 @@ def centered_feature_stats(features: ArrayLike, mean: ArrayLike,
     pass the result as `metrics_from_stats(..., centered=...)`.
     """
     h = _features_arg(features, check_finite=False)
-    mu = _array_arg("mean", mean, 1)
+    mu = array_arg("mean", mean, 1)
     if mu.shape != (h.shape[1],):
         raise DataError(f"mean shape {tuple(mu.shape)} must be (d,) = ({h.shape[1]},)")
     mask = _mask_arg(mask, h.shape[0])
-    _check_finite("features", h, mask)
+    finite_arg("features", h, mask)
     return _centered_stats_impl(h, mu.astype(h.dtype), mask)
 
 
@@ -670,13 +515,64 @@ def feature_mean(stats: FeatureStats) -> Array:
     return stats.sum_h / stats.count
 
 
-def _stats_covariance(total: Array, first: Array, count: Array) -> Array:
-    """Centered covariance (1/M) sum (x - xbar)(x - xbar)^T from sum x x^T and sum x."""
-    return _symmetrize(total - jnp.outer(first, first) / count) / count
-
-
 def _moments_of(stats: FeatureStats) -> _Moments:
     return _Moments(*(getattr(stats, f) for f in _Moments._fields))
+
+
+# ----------------------------------------------------------------------------- statistics to metrics
+class FeatureMoments(NamedTuple):
+    """The four second moments of H (M, d) the NRC metrics read, each a `linalg.Rows` (rows in
+    memory: residuals summed directly) or a `linalg.Gram` (merged sums: residuals as trace
+    differences). Built by `feature_moments_from_stats` or `feature_moments_from_rows`."""
+
+    raw: Gram | Rows           # h: h_norm_sq, the unnormalized variants
+    centered_raw: Gram | Rows  # h - hbar: the PCA covariance, EVR, the variance variant
+    normalized: Gram | Rows    # h/||h||: the paper's NRC1/NRC2
+    centered: Gram | Rows | None  # (h - hbar)/||h - hbar||: the centered variant (None: not asked)
+
+
+def feature_moments_from_stats(stats: FeatureStats, centered: CenteredStats | None = None) -> FeatureMoments:
+    """FeatureMoments held as sums, from merged FeatureStats (and the centered second pass)."""
+    return FeatureMoments(
+        raw=Gram(stats.sum_hh),
+        centered_raw=Gram(symmetrize(stats.sum_hh - jnp.outer(stats.sum_h, stats.sum_h) / stats.count)),
+        normalized=Gram(stats.sum_hn_hn),
+        centered=None if centered is None else Gram(centered.sum_hcn_hcn))
+
+
+def feature_moments_from_rows(h: Array, mean: Array, mask: Array | None = None, *,
+                              centered: bool = True) -> FeatureMoments:
+    """FeatureMoments held as rows: h (M, d) with the rows `mask` (M,) drops already zero, mean (d,)
+    the mean of the kept rows. The centered rows are formed before any product (two passes)."""
+    centered_raw = masked(h - mean[None, :], mask)
+    return FeatureMoments(raw=Rows(h), centered_raw=Rows(centered_raw),
+                          normalized=Rows(normalize_rows(h)),  # dropped rows are zero and stay zero
+                          centered=Rows(normalize_rows(centered_raw)) if centered else None)
+
+
+def principal_subspace(f: FeatureMoments, count: Array, r: int, pca_init: Array | None = None,
+                       pca_iters: int = 0) -> tuple[Array, Array, Array]:
+    """(cov (d, d), values (r,), vectors (d, r)): the centered covariance of H and its top-r
+    eigenpairs, descending (eigh, or `pca_iters` subspace iterations from pca_init (d, r))."""
+    cov = symmetrize(f.centered_raw.gram()) / count
+    if pca_init is None:
+        values, vectors = top_eigh(cov, r)
+    else:
+        values, vectors = _subspace_iteration(cov, pca_init, pca_iters)
+    return cov, values, vectors
+
+
+def nrc_variants(f: FeatureMoments, count: Array, basis: Array, keep: Array | None = None) -> dict[str, Array]:
+    """The residual of H outside the columns of basis (d, r) that keep (r,) marks, in every
+    variant of VARIANTS (module docstring), keyed by variant; "centered" only if f has it.
+    With basis = the top-n principal directions these are NRC1, with W's row space NRC2."""
+    out = {"paper": residual_share(f.normalized, basis, keep),
+           "variance": residual_share(f.centered_raw, basis, keep),
+           "unnormalized": f.raw.residual(basis, keep) / count}
+    out["unnormalized_md"] = out["unnormalized"] / basis.shape[0]
+    if f.centered is not None:
+        out["centered"] = residual_share(f.centered, basis, keep)
+    return out
 
 
 def _metric_options(d: int, n: int, weights: ArrayLike, dtype: Any, sigma: ArrayLike | None,
@@ -686,20 +582,20 @@ def _metric_options(d: int, n: int, weights: ArrayLike, dtype: Any, sigma: Array
     w = _check_weights(weights, d)
     if w.shape[0] != n:
         raise DataError(f"weights shape {tuple(w.shape)} does not match the {n} targets")
-    k = min(_check_count("evr_k", evr_k, 1, 10**6, "number of EVR components"), d)
+    k = min(count_arg("evr_k", evr_k, 1, 10**6, "number of EVR components"), d)
     width = max(n, k)
     if sigma is not None:
         sigma = _check_sigma(sigma, n).astype(dtype)
     if gamma is not None:
-        gamma = jnp.asarray(_check_gamma(gamma), dtype)
+        gamma = jnp.asarray(nonnegative_scalar_arg("gamma", gamma), dtype)
     if pca_init is not None:
-        pca_init = _array_arg("pca_init", pca_init, 2)
+        pca_init = array_arg("pca_init", pca_init, 2)
         if pca_init.shape != (d, width):
             raise DataError(f"pca_init shape {tuple(pca_init.shape)} must be (d, max(n, evr_k)) = "
                             f"({d}, {width})")
         pca_init = pca_init.astype(dtype)
-    gamma_num = _check_count("gamma_num", gamma_num, 1, 10**7, "grid size")
-    pca_iters = _check_count("pca_iters", pca_iters, 0, 10**6, "QR iterations")
+    gamma_num = count_arg("gamma_num", gamma_num, 1, 10**7, "grid size")
+    pca_iters = count_arg("pca_iters", pca_iters, 0, 10**6, "QR iterations")
     return w.astype(dtype), sigma, gamma, pca_init, k, pca_iters, gamma_num
 
 
@@ -738,10 +634,7 @@ def metrics_from_stats(stats: FeatureStats, weights: ArrayLike, *, sigma: ArrayL
 
 @functools.partial(jax.jit, static_argnums=(6, 7, 8, 9))
 def _metrics_from_stats_impl(stats, centered, w, sigma, gamma, pca_init, k, pca_iters, gamma_num, n):
-    features = _Features(raw=_Gram(stats.sum_hh),
-                         centered_raw=_Gram(_symmetrize(stats.sum_hh - jnp.outer(stats.sum_h, stats.sum_h) / stats.count)),
-                         normalized=_Gram(stats.sum_hn_hn),
-                         centered=None if centered is None else _Gram(centered.sum_hcn_hcn))
+    features = feature_moments_from_stats(stats, centered)
     return _metrics_impl(_moments_of(stats), features, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num)
 
 
@@ -768,7 +661,7 @@ def metrics_from_features(features: ArrayLike, targets: ArrayLike, predictions: 
 
     Returns the dict of `metrics_from_stats`.
     """
-    h, y, p, mask = _rows_args(features, targets, predictions, mask)
+    h, y, p, mask = check_rows(features, targets, predictions, mask)
     options = _metric_options(h.shape[1], y.shape[1], weights, h.dtype, sigma, gamma, evr_k, pca_init,
                               pca_iters, gamma_num)
     return _metrics_from_features_impl(h, y, p, mask, *options, y.shape[1], bool(centered))
@@ -778,20 +671,23 @@ def metrics_from_features(features: ArrayLike, targets: ArrayLike, predictions: 
 def _metrics_from_features_impl(h, y, p, mask, w, sigma, gamma, pca_init, k, pca_iters, gamma_num, n,
                                 with_centered):
     moments, h = _first_moments(h, y, p, mask)
-    centered_raw = _masked(h - (moments.sum_h / moments.count)[None, :], mask)
-    features = _Features(raw=_Rows(h), centered_raw=_Rows(centered_raw),
-                         normalized=_Rows(_normalize_rows(h)),  # dropped rows are zero and stay zero
-                         centered=_Rows(_normalize_rows(centered_raw)) if with_centered else None)
+    features = feature_moments_from_rows(h, moments.sum_h / moments.count, mask, centered=with_centered)
     return _metrics_impl(moments, features, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num)
 
 
-def _regression_metrics(m: _Moments) -> dict[str, Array]:
-    out = {"mse_per_dim": m.sum_res_sq / m.count}
+def _regression_from_sums(count: Array, sum_res_sq: Array, sst: Array) -> dict[str, Array]:
+    """The one definition of MSE and R2: mse_per_dim = SSE_j / M, mse = their sum, r2_per_dim =
+    1 - SSE_j / SST_j, r2 = their mean; count M, sum_res_sq = SSE (n,), sst = SST (n,)."""
+    out = {"mse_per_dim": sum_res_sq / count}
     out["mse"] = jnp.sum(out["mse_per_dim"])
-    sst = jnp.diag(m.sum_yy) - m.sum_y**2 / m.count
-    out["r2_per_dim"] = 1.0 - m.sum_res_sq / sst
+    out["r2_per_dim"] = 1.0 - sum_res_sq / sst
     out["r2"] = jnp.mean(out["r2_per_dim"])
     return out
+
+
+def _regression_metrics(m: _Moments) -> dict[str, Array]:
+    """MSE and R2 from sums (SST = sum y^2 - (sum y)^2 / M)."""
+    return _regression_from_sums(m.count, m.sum_res_sq, jnp.diag(m.sum_yy) - m.sum_y**2 / m.count)
 
 
 def regression_metrics(targets: ArrayLike, predictions: ArrayLike, mask: ArrayLike | None = None
@@ -803,7 +699,7 @@ def regression_metrics(targets: ArrayLike, predictions: ArrayLike, mask: ArrayLi
     y, p = _check_targets_predictions(targets, predictions, check_finite=False)
     mask = _mask_arg(mask, y.shape[0])
     for name, x in (("targets", y), ("predictions", p)):
-        _check_finite(name, x, mask)
+        finite_arg(name, x, mask)
     return _regression_metrics_impl(y, p.astype(y.dtype), mask)
 
 
@@ -812,42 +708,23 @@ def _regression_metrics_impl(y: Array, p: Array, mask: Array | None) -> dict[str
     return _regression_metrics(_target_moments(y, p, mask))
 
 
-class _Features(NamedTuple):
-    """The four moments of H the metrics read, each a _Rows (rows in memory: residuals summed
-    directly) or a _Gram (merged sums: residuals as trace differences)."""
-
-    raw: _Gram | _Rows           # h: h_norm_sq, the unnormalized variants
-    centered_raw: _Gram | _Rows  # h - hbar: the PCA covariance, EVR, the variance variant
-    normalized: _Gram | _Rows    # h/||h||: the paper's NRC1/NRC2
-    centered: _Gram | _Rows | None  # (h - hbar)/||h - hbar||: the centered variant
-
-
-def _metrics_impl(m: _Moments, f: _Features, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num):
+def _metrics_impl(m: _Moments, f: FeatureMoments, w, sigma, gamma, pca_init, n, k, pca_iters, gamma_num):
     count = m.count
-    d = w.shape[1]
-    cov = _symmetrize(f.centered_raw.gram()) / count
-    if pca_init is None:
-        pca_values, pca_vectors = _top_eigh(cov, max(n, k))
-    else:
-        pca_values, pca_vectors = _subspace_iteration(cov, pca_init, pca_iters)
+    cov, pca_values, pca_vectors = principal_subspace(f, count, max(n, k), pca_init, pca_iters)
     pca = pca_vectors[:, :n]
-    row_space, keep = _row_space_basis(w)
+    row_space, keep = row_space_basis(w)
 
     out = _regression_metrics(m)
     for name, basis, kept in (("nrc1", pca, None), ("nrc2", row_space, keep)):
-        out[name] = _residual_share(f.normalized, basis, kept)
-        out[f"{name}_variance"] = _residual_share(f.centered_raw, basis, kept)
-        out[f"{name}_unnormalized"] = f.raw.residual(basis, kept) / count
-        out[f"{name}_unnormalized_md"] = out[f"{name}_unnormalized"] / d
-        if f.centered is not None:
-            out[f"{name}_centered"] = _residual_share(f.centered, basis, kept)
-    out["nrc2_w_pca"] = _Rows(w).residual(pca) ** 0.5
+        for variant, value in nrc_variants(f, count, basis, kept).items():
+            out[name if variant == "paper" else f"{name}_{variant}"] = value
+    out["nrc2_w_pca"] = Rows(w).residual(pca) ** 0.5
     out["evr"] = pca_values[:k] / jnp.trace(cov)
-    out["wwt"] = _dot(w, w.T)
+    out["wwt"] = dot(w, w.T)
     out["w_norm"] = jnp.linalg.norm(w)
     out["h_norm_sq"] = f.raw.total() / count
     if sigma is None:
-        sigma = _stats_covariance(m.sum_yy, m.sum_y, count)
+        sigma = covariance_from_sums(m.sum_yy, m.sum_y, count)
     if gamma is None:
         out["nrc3_gamma"], out["nrc3"] = _best_gamma_impl(w, sigma, gamma_num, False)
     else:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from nrc_jax import metrics
+from nrc_jax.checks import array_arg, count_arg, is_concrete, nonnegative_scalar_arg
 from nrc_jax.errors import ConfigError, DataError
 
 Array = jax.Array
@@ -28,39 +29,25 @@ Array = jax.Array
 # Input validation (runs on concrete inputs, before anything is compiled).
 
 
-def _is_concrete(x: Any) -> bool:
-    return not isinstance(x, jax.core.Tracer)
+def _targets_arg(targets: Any) -> Array:
+    """targets as a floating (M, n) jax array with M, n >= 1 and finite values (DataError otherwise)."""
+    y = array_arg("targets", targets, 2)
+    if y.shape[0] < 1 or y.shape[1] < 1:
+        raise DataError(f"targets must have shape (M, n) with M, n >= 1; got shape {tuple(y.shape)}")
+    return y
 
 
-def _check_targets(targets: Any) -> tuple[int, int]:
-    shape = tuple(np.shape(targets))
-    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
-        raise DataError(f"targets must have shape (M, n) with M, n >= 1; got shape {shape}")
-    if _is_concrete(targets) and not np.all(np.isfinite(np.asarray(targets))):
-        bad = int(np.sum(~np.isfinite(np.asarray(targets))))
-        raise DataError(f"targets (shape {shape}) contain {bad} non-finite value(s)")
-    return shape
+def _lambdas_arg(lam_h: Any, lam_w: Any) -> None:
+    nonnegative_scalar_arg("lam_h", lam_h)
+    nonnegative_scalar_arg("lam_w", lam_w)
 
 
-def _check_lambda(name: str, value: Any) -> None:
-    if np.ndim(value) != 0:
-        raise ConfigError(f"{name} must be a scalar; got shape {np.shape(value)}")
-    if _is_concrete(value):
-        v = float(value)
-        if not np.isfinite(v) or v < 0:
-            raise ConfigError(f"{name} must be finite and >= 0; got {v}")
-
-
-def _check_width(d: Any, n: int) -> int:
-    if isinstance(d, bool) or not isinstance(d, (int, np.integer)):
-        raise ConfigError(f"d (feature width) must be an int; got {d!r}")
-    if d < n:
-        raise ConfigError(f"d (feature width) must be >= n (target dim); got d={d}, n={n}")
-    return int(d)
+def _width_arg(d: Any, n: int) -> int:
+    return count_arg("d", d, n, None, f"feature width vs target dim: d={d}, n={n}")
 
 
 def _check_positive_lambdas(lam_h: Any, lam_w: Any, what: str) -> None:
-    if _is_concrete(lam_h) and _is_concrete(lam_w) and (float(lam_h) <= 0 or float(lam_w) <= 0):
+    if is_concrete(lam_h) and is_concrete(lam_w) and (float(lam_h) <= 0 or float(lam_w) <= 0):
         raise ConfigError(
             f"{what} needs lam_h > 0 and lam_w > 0 (got lam_h={float(lam_h)}, lam_w={float(lam_w)}): "
             "without both penalties the minimizer is not unique or not attained"
@@ -69,7 +56,7 @@ def _check_positive_lambdas(lam_h: Any, lam_w: Any, what: str) -> None:
 
 def _both_positive(lam_h: Any, lam_w: Any) -> bool:
     """True for concrete lam_h, lam_w > 0 (traced values give False: the solver's plain branch)."""
-    return _is_concrete(lam_h) and _is_concrete(lam_w) and float(lam_h) > 0 and float(lam_w) > 0
+    return is_concrete(lam_h) and is_concrete(lam_w) and float(lam_h) > 0 and float(lam_w) > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,7 +65,8 @@ def _both_positive(lam_h: Any, lam_w: Any) -> bool:
 
 def loss(H: Array, W: Array, b: Array, targets: Array, lam_h: float, lam_w: float) -> Array:
     """UFM loss (scalar). H (M, d), W (n, d), b (n,), targets (M, n); lam_h, lam_w >= 0."""
-    M, n = _check_targets(targets)
+    targets = _targets_arg(targets)
+    M, n = targets.shape
     shapes = {"H": np.shape(H), "W": np.shape(W), "b": np.shape(b), "targets": (M, n)}
     d = shapes["H"][1] if len(shapes["H"]) == 2 else None
     if (len(shapes["H"]) != 2 or shapes["H"][0] != M or shapes["W"] != (n, d)
@@ -87,8 +75,7 @@ def loss(H: Array, W: Array, b: Array, targets: Array, lam_h: float, lam_w: floa
             "expected H (M, d), W (n, d), b (n,), targets (M, n); got "
             + ", ".join(f"{k} {v}" for k, v in shapes.items())
         )
-    _check_lambda("lam_h", lam_h)
-    _check_lambda("lam_w", lam_w)
+    _lambdas_arg(lam_h, lam_w)
     return _loss(H, W, b, targets, lam_h, lam_w)
 
 
@@ -123,13 +110,12 @@ def optimum(targets: Array, lam_h: float, lam_w: float) -> dict[str, Array]:
     Needs lam_h, lam_w > 0, except lam_h = lam_w = 0 where the minimum (loss 0, MSE 0) is attained by
     every exact fit: `wwt`, `w_norm_sq`, `h_norm_sq` are then NaN (not unique).
     """
-    _check_targets(targets)
-    _check_lambda("lam_h", lam_h)
-    _check_lambda("lam_w", lam_w)
-    both_zero = _is_concrete(lam_h) and _is_concrete(lam_w) and float(lam_h) == float(lam_w) == 0
+    targets = _targets_arg(targets)
+    _lambdas_arg(lam_h, lam_w)
+    both_zero = is_concrete(lam_h) and is_concrete(lam_w) and float(lam_h) == float(lam_w) == 0
     if not both_zero:
         _check_positive_lambdas(lam_h, lam_w, "optimum")
-    return _optimum(jnp.asarray(targets), lam_h, lam_w)
+    return _optimum(targets, lam_h, lam_w)
 
 
 def _optimal_spectrum(targets, lam_h, lam_w):
@@ -178,12 +164,11 @@ def closed_form(
     W* = (W*W*^T)^{1/2} R with R (n, d) orthonormal rows drawn from `key`, b* = ybar,
     H* = (Y - ybar) (W*W*^T + lam_h I_n)^{-1} W*. Everything except the basis R is unique.
     """
-    _, n = _check_targets(targets)
-    d = _check_width(d, n)
-    _check_lambda("lam_h", lam_h)
-    _check_lambda("lam_w", lam_w)
+    targets = _targets_arg(targets)
+    d = _width_arg(d, targets.shape[1])
+    _lambdas_arg(lam_h, lam_w)
     _check_positive_lambdas(lam_h, lam_w, "closed_form")
-    return _closed_form(jnp.asarray(targets), lam_h, lam_w, d, key)
+    return _closed_form(targets, lam_h, lam_w, d, key)
 
 
 @functools.partial(jax.jit, static_argnums=(3,))
@@ -286,8 +271,7 @@ def balance(H: Array, W: Array, lam_h: float, lam_w: float) -> tuple[Array, Arra
     bias never increases.
     """
     _, d = np.shape(H)
-    _check_lambda("lam_h", lam_h)
-    _check_lambda("lam_w", lam_w)
+    _lambdas_arg(lam_h, lam_w)
     _check_positive_lambdas(lam_h, lam_w, "balance")
     if np.ndim(W) != 2 or np.shape(W)[1] != d or np.shape(W)[0] > d:
         raise DataError(f"balance expects H (M, d), W (n, d) with n <= d; got H {np.shape(H)}, "
@@ -491,23 +475,19 @@ def gradient_descent(
     plus scalars "iterations", "converged", "restarts" (momentum restarts) and "change" (the final
     stationarity measure L_H ||dH||^2 + L_W ||dW||^2).
     """
-    M, n = _check_targets(targets)
-    d = _check_width(d, n)
-    _check_lambda("lam_h", lam_h)
-    _check_lambda("lam_w", lam_w)
+    targets = _targets_arg(targets)
+    M, n = targets.shape
+    d = _width_arg(d, n)
+    _lambdas_arg(lam_h, lam_w)
     unknown = set(options) - set(GD_DEFAULTS) - {"H0", "W0"}
     if unknown:
         raise ConfigError(f"unknown gradient_descent option(s) {sorted(unknown)}; "
                           f"known: {sorted(GD_DEFAULTS) + ['H0', 'W0']}")
     opts = {**GD_DEFAULTS, **options}
     for name in ("max_iters", "log_every"):
-        if isinstance(opts[name], bool) or not isinstance(opts[name], (int, np.integer)) \
-                or opts[name] < 1:
-            raise ConfigError(f"{name} must be an int >= 1; got {opts[name]!r}")
+        count_arg(name, opts[name], 1, None, "iterations")
     for name in ("tol", "atol", "init_scale"):
-        if not np.isfinite(opts[name]) or opts[name] < 0:
-            raise ConfigError(f"{name} must be finite and >= 0; got {opts[name]!r}")
-    targets = jnp.asarray(targets)
+        nonnegative_scalar_arg(name, opts[name])
     dtype = targets.dtype
     key_h, key_w = jax.random.split(key)
     scale = opts["init_scale"] / np.sqrt(d)
