@@ -86,6 +86,48 @@ def test_nrc1_agrees_with_metrics_module():
         assert np.isnan(float(got["alignment"])) and np.isnan(float(got["weight_stable_rank"]))
 
 
+@pytest.mark.parametrize("residual", (1e-2, 1e-6, 1e-10))
+def test_one_definition_last_layer_nrc1_is_metrics_nrc1_float32(residual):
+    """deep's NRC1 is metrics' NRC1 (one definition): on rows in memory the last layer's nrc1 and
+    nrc1_variance equal metrics.nrc1 and metrics_from_features on the same float32 features to
+    float rounding, so a planted tiny residual keeps metrics' precision (tests/test_precision.py);
+    from sums, layer_metrics_from_stats equals metrics_from_stats on the same FeatureStats."""
+    from tests import reference_numpy as ref
+    from tests.test_precision import D, M, N, planted
+
+    h, w = planted(residual)
+    y = np.random.default_rng(3).normal(size=(M, N)).astype(np.float32)
+    weights = [deep.LayerWeights(jnp.eye(D, 7), jnp.asarray(w))] * 2
+    layers = deep.per_layer_metrics([np.asarray(h[:, ::-1]), h], y, y, weights)
+    full = metrics.metrics_from_features(h, y, y, w)
+    for key, variant in (("nrc1", "paper"), ("nrc1_variance", "variance")):
+        got = float(layers[key][-1])
+        assert got == pytest.approx(float(metrics.nrc1(h, N, variant=variant)), rel=1e-5), key
+        assert got == pytest.approx(float(full[key]), rel=1e-5), key
+        assert got == pytest.approx(ref.nrc1(h, N, variant), rel=0.05), key
+    assert float(layers["alignment"][-1]) == pytest.approx(1.0, abs=1e-3)  # w spans the top-N PCs
+    stats = metrics.feature_stats(h, y, y)
+    from_stats = deep.layer_metrics_from_stats(stats, weights[-1])
+    merged = metrics.metrics_from_stats(stats, w)
+    for key in ("nrc1", "nrc1_variance"):
+        assert float(from_stats[key]) == pytest.approx(float(merged[key]), rel=1e-5, abs=1e-12), key
+
+
+def test_rows_and_stats_paths_agree_with_a_mask():
+    """layer_metrics (rows in memory, padded rows masked) equals layer_metrics_from_stats of the
+    kept rows for every key, in float64."""
+    h, y, own, reader = sample(seed=8, m=120)
+    weights = deep.LayerWeights(jnp.asarray(own), jnp.asarray(reader))
+    pad_h = np.concatenate([h, np.full((30, h.shape[1]), np.nan)])
+    pad_y = np.concatenate([y, np.full((30, y.shape[1]), 7.0)])
+    mask = np.arange(150) < 120
+    with jax.enable_x64(True):
+        rows = deep.layer_metrics(pad_h, pad_y, weights, mask=mask)
+        sums = deep.layer_metrics_from_stats(metrics.feature_stats(h, y, y), weights)
+        for key in deep.LAYER_KEYS:
+            np.testing.assert_allclose(float(rows[key]), float(sums[key]), rtol=1e-9, err_msg=key)
+
+
 def test_collapsed_layer_scores():
     """Features that are an affine image of the targets (d > n): NRC1 = 0, probe error 0, alignment 1
     with a reader whose rows span the same subspace."""
