@@ -53,7 +53,8 @@ import numpy as np
 
 from nrc_jax import metrics, models
 from nrc_jax.errors import ConfigError, DataError
-from nrc_jax.linalg import covariance_from_sums, cross_covariance_from_sums, dot, masked, safe_divide, symmetrize
+from nrc_jax.linalg import (covariance_from_sums, cross_covariance_from_sums, dot, kept_count, masked, safe_divide,
+                            symmetrize)
 
 Array = jax.Array
 LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")
@@ -134,7 +135,7 @@ def layer_moments_from_rows(h: Array, y: Array, mask: Array | None = None) -> La
     whatever they hold). Residuals are summed from the residual vectors and every covariance is
     formed from centered rows, as in `metrics.metrics_from_features`."""
     h, y = masked(h, mask), masked(y, mask)
-    count = jnp.asarray(h.shape[0], h.dtype) if mask is None else jnp.sum(mask).astype(h.dtype)
+    count = kept_count(h, mask)
     features = metrics.feature_moments_from_rows(h, jnp.sum(h, axis=0) / count, mask, centered=False)
     y_centered = masked(y - (jnp.sum(y, axis=0) / count)[None, :], mask)
     return LayerMoments(count=count, features=features,

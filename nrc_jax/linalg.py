@@ -35,6 +35,11 @@ def masked(x: Array, mask: Array | None) -> Array:
     return x if mask is None else jnp.where(mask[:, None], x, 0.0)
 
 
+def kept_count(x: Array, mask: Array | None) -> Array:
+    """The number of rows of x (M, ...) that mask (M,) keeps (M without a mask), in x's dtype."""
+    return jnp.asarray(x.shape[0], x.dtype) if mask is None else jnp.sum(mask).astype(x.dtype)
+
+
 def normalize_rows(h: Array) -> Array:
     """Rows of h (M, d) divided by their norm; zero rows stay zero (so they drop out of sums)."""
     norms = jnp.linalg.norm(h, axis=1, keepdims=True)
@@ -123,5 +128,5 @@ def residual_share(moment: Gram | Rows, basis: Array, keep: Array | None = None)
     return moment.residual(basis, keep) / moment.total()
 
 
-__all__ = ["dot", "symmetrize", "safe_divide", "masked", "normalize_rows", "covariance_from_sums",
+__all__ = ["dot", "symmetrize", "safe_divide", "masked", "kept_count", "normalize_rows", "covariance_from_sums",
            "cross_covariance_from_sums", "top_eigh", "row_space_basis", "Gram", "Rows", "residual_share"]

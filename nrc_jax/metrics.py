@@ -52,8 +52,8 @@ import numpy as np
 
 from nrc_jax.checks import array_arg, count_arg, finite_arg, nonnegative_scalar_arg
 from nrc_jax.errors import ConfigError, DataError
-from nrc_jax.linalg import (Gram, Rows, covariance_from_sums, dot, masked, normalize_rows, residual_share,
-                            row_space_basis, symmetrize, top_eigh)
+from nrc_jax.linalg import (Gram, Rows, covariance_from_sums, dot, kept_count, masked, normalize_rows,
+                            residual_share, row_space_basis, symmetrize, top_eigh)
 
 VARIANTS = ("paper", "centered", "variance", "unnormalized", "unnormalized_md")
 Array = jax.Array
@@ -436,7 +436,7 @@ def _mask_arg(mask: ArrayLike | None, m: int) -> Array | None:
 def _target_moments(y: Array, p: Array, mask: Array | None) -> _Moments:
     """The target and residual sums of the rows `mask` keeps (sum_h, sum_hh left None)."""
     y, p = masked(y, mask), masked(p, mask)
-    count = jnp.asarray(y.shape[0], y.dtype) if mask is None else jnp.sum(mask).astype(y.dtype)
+    count = kept_count(y, mask)
     res = p - y
     return _Moments(count=count, sum_h=None, sum_hh=None, sum_y=jnp.sum(y, axis=0), sum_yy=dot(y.T, y),
                     sum_res=jnp.sum(res, axis=0), sum_res_sq=jnp.sum(res**2, axis=0))
@@ -489,7 +489,7 @@ def feature_stats(features: ArrayLike, targets: ArrayLike, predictions: ArrayLik
 @jax.jit
 def _centered_stats_impl(h: Array, mean: Array, mask: Array | None) -> CenteredStats:
     hcn = masked(normalize_rows(h - mean[None, :]), mask)
-    count = jnp.asarray(h.shape[0], h.dtype) if mask is None else jnp.sum(mask).astype(h.dtype)
+    count = kept_count(h, mask)
     return CenteredStats(count=count, sum_hcn_hcn=dot(hcn.T, hcn))
 
 
