@@ -18,7 +18,7 @@ import logging
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -405,7 +405,7 @@ class LogProgress:
     most every `interval_s` seconds (and always at the last epoch), instead of tqdm's carriage returns:
     `epoch 120/1000 (12%): train_mse 0.0123, test_mse 0.0145, nrc1 0.412, nrc2 0.0871; 48.1 epochs/s, ETA 18s`."""
 
-    def __init__(self, total: int, initial: int, interval_s: float = 10.0, clock: Any = time.monotonic):
+    def __init__(self, total: int, initial: int, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
         self.total, self.interval_s, self._clock = total, interval_s, clock
         self._last_epoch, self._last_time, self._last_line = initial, clock(), None
 
