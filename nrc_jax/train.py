@@ -203,8 +203,11 @@ class Trainer:
         self.member_sharding = NamedSharding(mesh, P(MEMBER_AXIS))  # state leaves: (K, ...)
         self.member_axis = MEMBER_AXIS if mesh.shape[MEMBER_AXIS] > 1 else None
         self.init = jax.jit(self._init, out_shardings=self.member_sharding)
-        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
-        self.evaluate = jax.jit(self._evaluate_call)
+        # Metrics come out replicated: with members sharded over the devices of several processes,
+        # each process still holds every member's rows (a small all-gather).
+        self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0,
+                                   out_shardings=(self.member_sharding, self.replicated))
+        self.evaluate = jax.jit(self._evaluate_call, out_shardings=self.replicated)
 
     # ----------------------------------------------------------------- model application
     def _forward(self, params, model_state, x, train: bool):
@@ -419,8 +422,12 @@ def open_run(config: ml_collections.ConfigDict, workdir: str, members: list[dict
 
 
 def head_weights(state: TrainState) -> np.ndarray:
-    """(K, n, d) head weights W of every sweep member, on the host."""
-    return np.asarray(jax.device_get(jax.vmap(lambda p: models.head_params(p)[0])(state.params)))
+    """(K, n, d) head weights W of every sweep member, on the host (every process calls it together
+    when the members are sharded over several processes' devices: it gathers them)."""
+    w = jax.vmap(lambda p: models.head_params(p)[0])(state.params)
+    if not (w.is_fully_addressable or w.is_fully_replicated):
+        w = jax.jit(lambda a: a, out_shardings=NamedSharding(w.sharding.mesh, P()))(w)
+    return np.asarray(w)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

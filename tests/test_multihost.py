@@ -118,6 +118,18 @@ def test_two_by_two_checkpoint_continues_on_one_process_one_device(runs):
     assert_rows_close(read_rows(workdir), read_rows(runs["one"]))
 
 
+def test_members_on_the_two_processes_match_one_process(runs, tmp_path):
+    """mesh.member_devices=2: each process's 2 devices train one of the 2 members (rows over its
+    2 devices); the rows equal the 1x4 run's, written once by process 0."""
+    workdir = tmp_path / "members_2x2"
+    proc = subprocess.run([LAUNCH, "2"] + main_flags(runs["data"], str(workdir), **{"config.mesh.member_devices": 2}),
+                          cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert_rows_close(read_rows(workdir), read_rows(runs["one"]))
+    summary = json.load(open(workdir / "summary.json"))
+    assert len(summary["members"]) == 2
+
+
 def test_batch_not_dividing_stops_every_process(runs, tmp_path):
     proc = subprocess.run([LAUNCH, "2"] + main_flags(runs["data"], str(tmp_path / "bad"),
                                                      **{"config.train.batch_size": 6}),
