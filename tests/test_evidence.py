@@ -40,3 +40,23 @@ def test_collect_thins_copies_and_plots(npz_path, tmp_path):
 def test_collect_refuses_a_folder_without_metrics(tmp_path):
     with pytest.raises(evidence.DataError, match="no metrics.jsonl"):
         evidence.collect(str(tmp_path), str(tmp_path / "out"))
+def _bold_numbers(text: str) -> list[str]:
+    return re.findall(r"\*\*(-?[0-9][0-9.,e+-]*)\*\*", text)
+
+
+def test_committed_claims_table_is_recomputed_from_the_committed_metrics():
+    assert (PAPER / evidence.CLAIMS_FILE).is_file(), "results/paper/claims.md is committed with the runs"
+    assert (PAPER / evidence.CLAIMS_FILE).read_text() == evidence.claims_table(str(PAPER))
+
+
+def test_every_bold_number_of_the_paper_readme_is_in_a_generated_table():
+    """The README quotes numbers in bold; each must appear in claims.md or the torch check's table."""
+    readme = (PAPER / "README.md").read_text()
+    tables = (PAPER / evidence.CLAIMS_FILE).read_text()
+    torch_table = REPO / "results" / "torch_check" / "table.md"
+    if torch_table.is_file():
+        tables += torch_table.read_text()
+    numbers = _bold_numbers(readme)
+    assert len(numbers) >= 5
+    missing = [x for x in numbers if x not in tables]
+    assert not missing, missing
