@@ -237,7 +237,7 @@ class PeerWatch:
         self.index, self.count = index, count
         self.peers: dict[socket.socket, dict] = {}  # connection -> {"index", "seen", "buffer"}
         self.selector = selectors.DefaultSelector()
-        self.done = False  # this process has ended normally: losses no longer matter
+        self._left: int | None = None  # the status `leave` told the others (it tells them once)
         self._lock = threading.Lock()
 
     # --------------------------------------------------------------- set-up
@@ -335,8 +335,8 @@ class PeerWatch:
 
     def _stop(self, message: str, status: int, tell: str | None = None) -> None:
         """Ends this process now: tells the others (process 0 relays), prints one error line."""
-        if self.done:  # this run already ended well; a peer ending later does not change that
-            os._exit(0)
+        if self._left is not None:  # this process is ending already, with its own message and status
+            os._exit(self._left)
         if tell is not None and self.index == 0:
             self._send_all(f"{tell}\n".encode())
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -353,9 +353,9 @@ class PeerWatch:
 
     def leave(self, status: int) -> None:
         """Tells the others this process ends: normally (`bye`) or with an error status."""
-        if self.done:
+        if self._left is not None:
             return
-        self.done = status == 0
+        self._left = status
         self._send_all(b"bye\n" if status == 0 else f"exit {status}\n".encode())
         time.sleep(0.05 if status == 0 else 0.2)  # let the line leave before the process does
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import errno
 import fcntl
+import itertools
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from nrc_jax.errors import ConfigError, UserError
 
 LOCK_FILE = ".nrc_jax.lock"
 _KV_KEY = "nrc_jax_workdir_lock"
+_kv_count = itertools.count()  # one key per run of this process (a key is set once)
 _KV_TIMEOUT_S = 300  # how long processes != 0 wait for process 0's outcome (the init timeout)
 
 log = logging.getLogger(__name__)
@@ -80,7 +82,11 @@ class WorkdirLock:
         self._created = not os.path.exists(self.workdir)
         check_workdir(self.workdir)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:  # a read-only or foreign workdir
+                raise ConfigError(f"--workdir {self.workdir}: cannot create the lock file {self.path}: "
+                                  f"{e.strerror}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -168,15 +174,16 @@ class RunLock:
         from jax._src import distributed as jax_distributed
 
         client = jax_distributed.global_state.client
+        key = f"{_KV_KEY}_{next(_kv_count)}"
         if jax.process_index() == 0:
             try:
                 self._lock = WorkdirLock(self.workdir).acquire()
             except UserError as e:
-                client.key_value_set(_KV_KEY, f"{type(e).__name__}:{e}")
+                client.key_value_set(key, f"{type(e).__name__}:{e}")
                 raise
-            client.key_value_set(_KV_KEY, "ok")
+            client.key_value_set(key, "ok")
             return self
-        outcome = client.blocking_key_value_get(_KV_KEY, _KV_TIMEOUT_S * 1000)
+        outcome = client.blocking_key_value_get(key, _KV_TIMEOUT_S * 1000)
         if outcome != "ok":
             kind, _, message = outcome.partition(":")
             raise (WorkdirBusyError if kind == WorkdirBusyError.__name__ else ConfigError)(message)

@@ -616,5 +616,7 @@ def test_multi_process_run_on_a_locked_workdir_stops_every_process(npz_path, tmp
                               env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 2, proc.stderr
     assert "[p0] error: workdir" in proc.stderr and "is in use by another run" in proc.stderr, proc.stderr
+    for index in (0, 1):  # never two lines from one process (its own, or that process 0 stopped)
+        assert len([x for x in proc.stderr.splitlines() if x.startswith(f"[p{index}] error: ")]) <= 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert os.listdir(workdir) == []
