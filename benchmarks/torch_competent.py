@@ -17,12 +17,9 @@ Rows are samples: inputs `x` (M, d_in), targets `y` (M, n), features `H` (M, 256
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -128,20 +125,7 @@ def make_run(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_tes
 def main(argv: list[str] | None = None) -> None:
     """`python benchmarks/torch_competent.py --npz FILE --epochs E [--eval-every 10]`: one run on a .npz
     with x_train, y_train, x_test, y_test (what bench.py times as a whole process)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--npz", required=True)
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--eval-every", type=int, default=10)
-    parser.add_argument("--weight-decay", type=float, default=1e-2)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    with np.load(args.npz) as f:
-        arrays = [f[k].astype(np.float32) for k in ("x_train", "y_train", "x_test", "y_test")]
-    run = make_run(*arrays, weight_decay=args.weight_decay, seed=args.seed)
-    start = time.perf_counter()
-    history = run.run(args.epochs, args.eval_every)
-    final = history[-1] if history else run.evaluate()
-    print(json.dumps({"epochs": args.epochs, "seconds": time.perf_counter() - start, "final": final}))
+    torch_reference.npz_main(make_run, argv, main.__doc__)
 
 
 if __name__ == "__main__":

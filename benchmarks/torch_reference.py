@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import time
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -223,10 +224,10 @@ def make_run(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_tes
         weight_decay=weight_decay, sigma_sqrt=sigma_sqrt, lambda_min=lambda_min)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python benchmarks/torch_reference.py --npz FILE --epochs E [--eval-every 10]`: one published-style
-    run on a .npz with x_train, y_train, x_test, y_test (what bench.py times as a whole process)."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+def npz_main(make: Callable[..., Any], argv: list[str] | None, description: str) -> None:
+    """One run built by `make(x_train, y_train, x_test, y_test, weight_decay=, seed=)` on a .npz with
+    those arrays, timed as a whole (what bench.py times as a process); prints one JSON line."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--npz", required=True)
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--eval-every", type=int, default=10)
@@ -235,11 +236,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with np.load(args.npz) as f:
         arrays = [f[k].astype(np.float32) for k in ("x_train", "y_train", "x_test", "y_test")]
-    run = make_run(*arrays, weight_decay=args.weight_decay, seed=args.seed)
+    run = make(*arrays, weight_decay=args.weight_decay, seed=args.seed)
     start = time.perf_counter()
     history = run.run(args.epochs, args.eval_every)
     final = history[-1] if history else run.evaluate()
     print(json.dumps({"epochs": args.epochs, "seconds": time.perf_counter() - start, "final": final}))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python benchmarks/torch_reference.py --npz FILE --epochs E [--eval-every 10]`: one published-style
+    run on a .npz with x_train, y_train, x_test, y_test (what bench.py times as a whole process)."""
+    npz_main(make_run, argv, main.__doc__)
 
 
 if __name__ == "__main__":

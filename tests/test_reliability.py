@@ -17,20 +17,7 @@ from configs import mlp
 from nrc_jax import locking, train, writers
 from nrc_jax.errors import ConfigError, DataError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = {"data.name": "npz", "model.widths": (16, 16), "train.batch_size": 32, "train.progress_bar": False,
-        "mesh.num_devices": 1, "train.epochs": 6, "train.eval_every": 2, "train.checkpoint_every": 2}
-RUN_TIMEOUT_S = 600
-
-
-@pytest.fixture(scope="module")
-def npz_path(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(140, 5)).astype(np.float32)
-    y = np.stack([np.tanh(x[:, 0] + x[:, 1]), x[:, 2] * x[:, 3]], 1).astype(np.float32)
-    path = str(tmp_path_factory.mktemp("data") / "tiny.npz")
-    np.savez(path, x_train=x[:100], y_train=y[:100], x_test=x[100:], y_test=y[100:])
-    return path
+from tests.test_faults import REPO, RUN_TIMEOUT_S, TINY, npz_path  # noqa: F401 (fixture)
 
 
 def make_config(npz_path, **overrides):
