@@ -19,6 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import multihost_helpers as helpers  # noqa: E402  (beside this file)
 from nrc_jax import distributed  # noqa: E402
 from nrc_jax.errors import UserError  # noqa: E402
 
@@ -67,10 +68,10 @@ def global_stats(mesh) -> dict[str, np.ndarray]:
     import jax
 
     features, targets = make_data()
-    shard = distributed.process_rows(NUM_ROWS, num_devices=mesh.size)
-    h, mask = distributed.pad_rows(features[shard.start:shard.stop], shard.size)
-    y, _ = distributed.pad_rows(targets[shard.start:shard.stop], shard.size)
-    h, y, mask = distributed.shard_host_array(mesh, (h, y, mask))
+    shard = helpers.process_rows(NUM_ROWS, num_devices=mesh.size)
+    h, mask = helpers.pad_rows(features[shard.start:shard.stop], shard.size)
+    y, _ = helpers.pad_rows(targets[shard.start:shard.stop], shard.size)
+    h, y, mask = helpers.shard_host_array(mesh, (h, y, mask))
 
     compiled = distributed.compile_together("stats", jax.jit(masked_stats), h, y, mask)
     return {k: np.asarray(jax.device_get(v)) for k, v in compiled(h, y, mask).items()}
@@ -82,8 +83,8 @@ def save_tree(directory: str, mesh) -> None:
     from jax.sharding import NamedSharding, PartitionSpec
 
     tree = make_tree()
-    shard = distributed.process_rows(tree["rows"].shape[0], num_devices=mesh.size)
-    state = {"rows": distributed.shard_host_array(mesh, tree["rows"][shard.start:shard.stop]),
+    shard = helpers.process_rows(tree["rows"].shape[0], num_devices=mesh.size)
+    state = {"rows": helpers.shard_host_array(mesh, tree["rows"][shard.start:shard.stop]),
              "head": jax.device_put(tree["head"], NamedSharding(mesh, PartitionSpec()))}
     with ocp.CheckpointManager(directory) as manager:
         manager.save(CHECKPOINT_STEP, args=ocp.args.StandardSave(state))

@@ -1,4 +1,5 @@
-"""nrc_jax.distributed: settings precedence, row partition, batch check, and real loopback runs.
+"""nrc_jax.distributed: settings precedence and real loopback runs; the row partition of the tests'
+global arrays (tests/multihost_helpers.py).
 
 The loopback tests start 2 Python processes with 2 simulated CPU devices each (gloo collectives)
 running tests/multihost_worker.py, and compare with the same functions run here in one process.
@@ -18,6 +19,7 @@ from nrc_jax import distributed, metrics
 from nrc_jax.errors import ConfigError
 
 sys.path.insert(0, os.path.dirname(__file__))
+import multihost_helpers as helpers  # noqa: E402
 import multihost_worker as worker  # noqa: E402
 
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
@@ -90,7 +92,7 @@ def test_single_process_initialize_does_nothing(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert distributed.maybe_initialize().source == "none"
     assert not jax.distributed.is_initialized()
-    assert distributed.is_primary()
+    assert jax.process_index() == 0
 
 
 # --- which rows each process loads ------------------------------------------------------------
@@ -98,7 +100,7 @@ def test_single_process_initialize_does_nothing(monkeypatch):
 @pytest.mark.parametrize("num_rows, num_devices, processes", [
     (10, 4, 2), (12, 4, 2), (3, 8, 4), (0, 2, 2), (101, 6, 3), (7, 1, 1)])
 def test_process_rows_cover_every_row_once_in_order(num_rows, num_devices, processes):
-    shards = [distributed.process_rows(num_rows, num_devices, p, processes) for p in range(processes)]
+    shards = [helpers.process_rows(num_rows, num_devices, p, processes) for p in range(processes)]
     covered = np.concatenate([np.arange(s.start, s.stop) for s in shards])
     np.testing.assert_array_equal(covered, np.arange(num_rows))
     per_process_devices = num_devices // processes
@@ -113,7 +115,7 @@ def test_process_rows_padding_sits_at_the_global_end():
     def layout(processes):
         rows = []
         for p in range(processes):
-            s = distributed.process_rows(10, 4, p, processes)
+            s = helpers.process_rows(10, 4, p, processes)
             rows += list(range(s.start, s.stop)) + [-1] * (s.size - s.num_real)
         return rows
     assert layout(1) == layout(2) == list(range(10)) + [-1, -1]
@@ -121,30 +123,15 @@ def test_process_rows_padding_sits_at_the_global_end():
 
 def test_process_rows_rejects_bad_topology():
     with pytest.raises(ValueError, match="process_index=2"):
-        distributed.process_rows(10, 4, 2, 2)
+        helpers.process_rows(10, 4, 2, 2)
     with pytest.raises(ValueError, match="num_devices=3"):
-        distributed.process_rows(10, 3, 0, 2)
+        helpers.process_rows(10, 3, 0, 2)
 
 
 def test_pad_rows_masks_the_padding():
-    padded, mask = distributed.pad_rows(np.ones((3, 2), np.float32), 5)
+    padded, mask = helpers.pad_rows(np.ones((3, 2), np.float32), 5)
     np.testing.assert_array_equal(padded, [[1, 1]] * 3 + [[0, 0]] * 2)
     np.testing.assert_array_equal(mask, [1, 1, 1, 0, 0])
-
-
-# --- batch size over processes and devices ----------------------------------------------------
-
-def test_batch_divides_returns_per_process_batch():
-    assert distributed.check_batch_divides(64, num_processes=2, num_devices=4) == 32
-    assert distributed.check_batch_divides(8, num_processes=1, num_devices=8) == 8
-
-
-@pytest.mark.parametrize("batch", [6, 0, 10])
-def test_batch_not_dividing_names_the_field_and_counts(batch):
-    with pytest.raises(ConfigError) as info:
-        distributed.check_batch_divides(batch, num_processes=2, num_devices=4)
-    message = str(info.value)
-    assert f"train.batch_size={batch}" in message and "4" in message and "2 processes" in message
 
 
 # --- global arrays from process-local rows (one process here) ---------------------------------
@@ -152,12 +139,12 @@ def test_batch_not_dividing_names_the_field_and_counts(batch):
 def test_shard_host_array_places_rows_over_the_data_axis():
     mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
     rows = np.arange(16.0, dtype=np.float32).reshape(8, 2)
-    out = distributed.shard_host_array(mesh, {"x": rows})["x"]
+    out = helpers.shard_host_array(mesh, {"x": rows})["x"]
     assert out.sharding == NamedSharding(mesh, PartitionSpec("data"))
     assert [s.data.shape for s in out.addressable_shards] == [(2, 2)] * 4
     np.testing.assert_array_equal(np.asarray(out), rows)
     with pytest.raises(ValueError, match="6 local rows do not divide over this process's 4 devices"):
-        distributed.shard_host_array(mesh, rows[:6])
+        helpers.shard_host_array(mesh, rows[:6])
 
 
 def unpadded_single_device_stats() -> dict[str, np.ndarray]:
