@@ -13,7 +13,8 @@ Writes into DIR (stable names; `<dataset>` gains a `_ufm` suffix for UFM-regular
   table1.md, index.md      Table 1 and the list of everything written (with skipped panels)
 
 Workdirs with the same data set and mode are pooled into one figure; seeds of one setting are
-averaged (line) with a min-max band. A sweep value has one colour in every figure.
+averaged (line) with a min-max band. Workdirs that repeat a member (same settings and seed, e.g. one
+run at two lengths) are drawn apart, with the folder name in the file names (`<dataset>_<folder>_*`). A sweep value has one colour in every figure.
 """
 from __future__ import annotations
 

@@ -258,3 +258,22 @@ def test_metrics_option_plots_any_logged_key(swept, tmp_path):
     assert tmp_path / "swimmer_metrics.png" in written
     index = (tmp_path / "index.md").read_text()
     assert "panel 'no_such_key' skipped (not logged)" in index
+
+
+def test_workdirs_with_other_seeds_pool_into_one_band(tmp_path):
+    first = write_workdir(tmp_path / "seeds01", values=(1e-2, 0.0), seeds=(0, 1))
+    second = write_workdir(tmp_path / "seeds23", values=(1e-2, 0.0), seeds=(2, 3))
+    (group,), _ = groups_of(first, second)
+    assert group.slug == "swimmer" and [v.seeds for v in group.values] == [4, 4]
+
+
+def test_workdirs_repeating_a_seed_are_drawn_apart(tmp_path):
+    """Two runs of one setting and seed (e.g. two lengths) are not two seeds of one band."""
+    short = write_workdir(tmp_path / "short", values=(1e-2, 0.0), seeds=(0,))
+    long = write_workdir(tmp_path / "long", values=(1e-2, 5e-3, 0.0), seeds=(0,))
+    groups, _ = groups_of(short, long)
+    assert [g.slug for g in groups] == ["swimmer_short", "swimmer_long"]
+    assert [[v.seeds for v in g.values] for g in groups] == [[1, 1], [1, 1, 1]]
+    written = plot.plot_workdirs([short, long], tmp_path / "fig")
+    names = {p.name for p in written}
+    assert {"swimmer_short_training.png", "swimmer_long_training.png"} <= names

@@ -47,10 +47,12 @@ class Group:
     varied: tuple[str, ...]
     values: list[SweepValue]
     workdirs: list[Workdir]
+    tag: str = ""  # the workdir's folder name when runs of one data set and mode are drawn apart
 
     @property
     def slug(self) -> str:
-        return f"{self.dataset}_ufm" if self.ufm else self.dataset
+        base = f"{self.dataset}_ufm" if self.ufm else self.dataset
+        return f"{base}_{self.tag}" if self.tag else base
 
     @property
     def title(self) -> str:
@@ -104,21 +106,47 @@ def setting(member: Member, key: str) -> Any:
     return member.settings.get("lambda_h") if key == "lambda_hw" else member.settings.get(key)
 
 
+def _member_identity(member: Member) -> str:
+    return repr(sorted((k, v) for k, v in member.settings.items() if not k.startswith("_")))
+
+
+def repeats_a_member(workdirs: Sequence[Workdir]) -> bool:
+    """True when two of the workdirs hold a member with the same settings and seed: such members
+    are two runs of one setting (e.g. different lengths), not seeds to average."""
+    seen: set[str] = set()
+    for wd in workdirs:
+        identities = {_member_identity(m) for m in wd.members}
+        if identities & seen:
+            return True
+        seen |= identities
+    return False
+
+
+def _group(dataset: str, ufm: bool, wds: list[Workdir], tag: str = "") -> Group:
+    members = [m for wd in wds for m in wd.members]
+    varied = varied_keys(members, ufm)
+    values: dict[tuple, SweepValue] = {}
+    for m in members:
+        key = tuple((k, setting(m, k)) for k in varied)
+        values.setdefault(key, SweepValue(key, [])).members.append(m)
+    ordered = sorted(values.values(), key=lambda v: tuple(sort_key(x) for _, x in v.key))
+    return Group(dataset, ufm, varied, ordered, wds, tag)
+
+
 def build_groups(workdirs: Sequence[Workdir]) -> list[Group]:
-    """Pools members of workdirs with the same data set and mode; one SweepValue per varied setting."""
+    """Pools members of workdirs with the same data set and mode; one SweepValue per varied setting.
+
+    Workdirs that repeat a member (same settings and seed) are drawn apart, one group per workdir
+    tagged with its folder name, so the same seed is never averaged with itself."""
     by_group: dict[tuple[str, bool], list[Workdir]] = {}
     for wd in workdirs:
         by_group.setdefault((wd.dataset, wd.is_ufm), []).append(wd)
     groups = []
     for (dataset, ufm), wds in by_group.items():
-        members = [m for wd in wds for m in wd.members]
-        varied = varied_keys(members, ufm)
-        values: dict[tuple, SweepValue] = {}
-        for m in members:
-            key = tuple((k, setting(m, k)) for k in varied)
-            values.setdefault(key, SweepValue(key, [])).members.append(m)
-        ordered = sorted(values.values(), key=lambda v: tuple(sort_key(x) for _, x in v.key))
-        groups.append(Group(dataset, ufm, varied, ordered, wds))
+        if repeats_a_member(wds):
+            groups.extend(_group(dataset, ufm, [wd], wd.path.name) for wd in wds)
+        else:
+            groups.append(_group(dataset, ufm, wds))
     return groups
 
 
