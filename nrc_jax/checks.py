@@ -1,4 +1,4 @@
-"""Argument checks shared by the pure-math modules (`metrics`, `deep`, `ufm`).
+"""Argument checks shared by the pure-math modules (`metrics`, `stats`, `deep`, `ufm`).
 
 Each check runs on the Python side, before anything is compiled, and raises `DataError` (a bad
 array) or `ConfigError` (a bad setting) naming the argument. Traced values (inside `jit`/`vmap`)
@@ -89,4 +89,76 @@ def nonnegative_scalar_arg(name: str, value: ArrayLike) -> ArrayLike:
     return value
 
 
-__all__ = ["is_concrete", "array_arg", "finite_arg", "count_arg", "nonnegative_scalar_arg"]
+# ----------------------------------------------------------------------------- the metrics' arrays
+def features_arg(features: ArrayLike, check_finite: bool = True) -> Array:
+    """Features H as a float (M, d) array with M, d >= 1; DataError otherwise."""
+    h = array_arg("features", features, 2, check_finite=check_finite)
+    if h.shape[0] < 1 or h.shape[1] < 1:
+        raise DataError(f"features must be (M, d) with M, d >= 1, got shape {tuple(h.shape)}")
+    return h
+
+
+def weights_arg(weights: ArrayLike, d: int | None = None) -> Array:
+    """Head weights W as a float (n, d) array with 1 <= n <= d (and d matching the features' d if given)."""
+    w = array_arg("weights", weights, 2)
+    n, dw = w.shape
+    if d is not None and dw != d:
+        raise DataError(f"weights shape {tuple(w.shape)} does not match feature dim d={d} (want (n, {d}))")
+    if n < 1 or n > dw:
+        raise DataError(f"weights shape {tuple(w.shape)} must be (n, d) with 1 <= n <= d")
+    return w
+
+
+def sigma_arg(sigma: ArrayLike, n: int) -> Array:
+    """The target covariance Sigma as a float (n, n) array; DataError otherwise."""
+    s = array_arg("sigma", sigma, 2)
+    if s.shape != (n, n):
+        raise DataError(f"sigma shape {tuple(s.shape)} must be (n, n) = ({n}, {n}) to match weights")
+    return s
+
+
+def as_2d(name: str, x: ArrayLike, check_finite: bool = True) -> Array:
+    """Targets or predictions as a float (M, n) array: a (M,) array becomes (M, 1)."""
+    if np.ndim(x) == 1:
+        return array_arg(name, x, 1, check_finite=check_finite)[:, None]
+    return array_arg(name, x, 2, check_finite=check_finite)
+
+
+def targets_predictions_args(targets: ArrayLike, predictions: ArrayLike, *,
+                             check_finite: bool = True) -> tuple[Array, Array]:
+    """(y (M, n), p (M, n)) from targets and predictions of the same shape, (M,) or (M, n)."""
+    y = as_2d("targets", targets, check_finite)
+    p = as_2d("predictions", predictions, check_finite)
+    if y.shape != p.shape:
+        raise DataError(f"targets shape {tuple(y.shape)} and predictions shape {tuple(p.shape)} differ")
+    return y, p
+
+
+def mask_arg(mask: ArrayLike | None, m: int) -> Array | None:
+    """A row mask as a bool (M,) array (None stays None): rows with False are ignored."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    if mask.shape != (m,):
+        raise DataError(f"mask shape {tuple(mask.shape)} must be (M,) = ({m},) to match the rows")
+    return mask.astype(bool)
+
+
+def check_rows(features: ArrayLike, targets: ArrayLike, predictions: ArrayLike,
+               mask: ArrayLike | None = None) -> tuple[Array, Array, Array, Array | None]:
+    """Validated (h (M, d), y (M, n), p (M, n), mask (M,) or None) of one set of rows, y and p in h's
+    dtype; targets/predictions (M,) become (M, 1). DataError naming the argument; non-finite values
+    in kept rows are refused when the inputs are concrete (not traced)."""
+    h = features_arg(features, check_finite=False)
+    y, p = targets_predictions_args(targets, predictions, check_finite=False)
+    if y.shape[0] != h.shape[0]:
+        raise DataError(f"features shape {tuple(h.shape)} and targets shape {tuple(y.shape)} "
+                        "have different numbers of rows")
+    mask = mask_arg(mask, h.shape[0])
+    for name, x in (("features", h), ("targets", y), ("predictions", p)):
+        finite_arg(name, x, mask)
+    return h, y.astype(h.dtype), p.astype(h.dtype), mask
+
+
+__all__ = ["is_concrete", "array_arg", "finite_arg", "count_arg", "nonnegative_scalar_arg", "features_arg",
+           "weights_arg", "sigma_arg", "as_2d", "targets_predictions_args", "mask_arg", "check_rows"]

@@ -1,15 +1,15 @@
 """Per-layer ("deep") Neural Regression Collapse metrics, pure jax.numpy.
 
 Rows are samples. For hidden layer i the features are `H_i` (M, d_i), the targets `Y` (M, n).
-The metrics are thin wrappers over `nrc_jax.metrics`' statistics-to-metrics code: a layer's
-features are held as `metrics.FeatureMoments`, either as rows in memory (`layer_metrics`,
+The metrics are thin wrappers over the statistics-to-metrics code of `nrc_jax.metric_core`: a
+layer's features are held as `stats.FeatureMoments`, either as rows in memory (`layer_metrics`,
 `per_layer_metrics`: residuals summed from the rows, covariances from centered rows) or as sums
-(`layer_metrics_from_stats`, from a `metrics.FeatureStats` merged over batches, devices and hosts),
-and NRC1 comes from `metrics.principal_subspace` and `metrics.nrc_variants`, so the last layer's
-values equal `metrics`' NRC1 on the same features. No M x M matrix is ever formed. With `S_h` the
-centered feature covariance (d_i, d_i), `S_hy` the centered feature-target cross-covariance
-(d_i, n), `S_yy` the centered target covariance (n, n), `S~` the second moment of the per-sample
-normalized features, and `V_n` (d_i, n) the top-n eigenvectors of `S_h`:
+(`layer_metrics_from_stats`, from a `stats.FeatureStats` merged over batches, devices and hosts),
+and NRC1 comes from `metric_core.principal_subspace` and `metric_core.nrc_variants`, so the last
+layer's values equal `metrics`' NRC1 on the same features. No M x M matrix is ever formed. With
+`S_h` the centered feature covariance (d_i, d_i), `S_hy` the centered feature-target
+cross-covariance (d_i, n), `S_yy` the centered target covariance (n, n), `S~` the second moment of
+the per-sample normalized features, and `V_n` (d_i, n) the top-n eigenvectors of `S_h`:
 
   nrc1_variance       1 - tr(V_n^T S_h V_n) / tr(S_h)                  (Deep NRC's NRC1)
   nrc1                1 - tr(V_n^T S~ V_n) / tr(S~)                     (the paper's NRC1)
@@ -51,10 +51,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nrc_jax import metrics, models
+from nrc_jax import metric_core, models
+from nrc_jax.checks import check_rows
 from nrc_jax.errors import ConfigError, DataError
 from nrc_jax.linalg import (covariance_from_sums, cross_covariance_from_sums, dot, kept_count, masked, safe_divide,
                             symmetrize)
+from nrc_jax.stats import FeatureMoments, FeatureStats, feature_moments_from_rows, feature_moments_from_stats
 
 Array = jax.Array
 LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")
@@ -112,20 +114,20 @@ def probe_mse_from_covariances(s_hh: Array, s_hy: Array, s_yy: Array, ridge: flo
 # ----------------------------------------------------------------------------- one layer
 class LayerMoments(NamedTuple):
     """What the per-layer metrics read of one layer over the whole set: the count M, the moments of
-    the features H (M, d) as `metrics.FeatureMoments` (rows or sums), and the centered
+    the features H (M, d) as `stats.FeatureMoments` (rows or sums), and the centered
     feature-target cross-covariance S_hy (d, n) and target covariance S_yy (n, n)."""
 
     count: Array
-    features: metrics.FeatureMoments
+    features: FeatureMoments
     s_hy: Array
     s_yy: Array
 
 
-def layer_moments_from_stats(stats: metrics.FeatureStats) -> LayerMoments:
+def layer_moments_from_stats(stats: FeatureStats) -> LayerMoments:
     """LayerMoments held as sums (merged over batches, devices or hosts): residuals are trace
     differences, covariances `sum x x^T / M - xbar xbar^T` (docs/nrc.md, "Precision")."""
     count = stats.count
-    return LayerMoments(count=count, features=metrics.feature_moments_from_stats(stats),
+    return LayerMoments(count=count, features=feature_moments_from_stats(stats),
                         s_hy=cross_covariance_from_sums(stats.sum_hy, stats.sum_h, stats.sum_y, count),
                         s_yy=covariance_from_sums(stats.sum_yy, stats.sum_y, count))
 
@@ -136,7 +138,7 @@ def layer_moments_from_rows(h: Array, y: Array, mask: Array | None = None) -> La
     formed from centered rows, as in `metrics.metrics_from_features`."""
     h, y = masked(h, mask), masked(y, mask)
     count = kept_count(h, mask)
-    features = metrics.feature_moments_from_rows(h, jnp.sum(h, axis=0) / count, mask, centered=False)
+    features = feature_moments_from_rows(h, jnp.sum(h, axis=0) / count, mask, centered=False)
     y_centered = masked(y - (jnp.sum(y, axis=0) / count)[None, :], mask)
     return LayerMoments(count=count, features=features,
                         s_hy=dot(features.centered_raw.rows.T, y_centered) / count,
@@ -155,7 +157,7 @@ def _default_ridge(probe_ridge: float | None, dtype: Any) -> float:
         else probe_ridge
 
 
-def layer_metrics_from_stats(stats: metrics.FeatureStats, weights: LayerWeights | None = None, *,
+def layer_metrics_from_stats(stats: FeatureStats, weights: LayerWeights | None = None, *,
                              n: int | None = None, probe_ridge: float | None = None) -> dict[str, Array]:
     """Every per-layer metric (module docstring) of one hidden layer, from sums. Jittable.
 
@@ -177,7 +179,7 @@ def layer_metrics(features: Any, targets: Any, weights: LayerWeights | None = No
                   probe_ridge: float | None = None, mask: Any | None = None) -> dict[str, Array]:
     """`layer_metrics_from_stats`' metrics of rows in memory (residuals summed from the rows, so
     small ones keep their precision): features (M, d), targets (M, n) or (M,), mask (M,) or None."""
-    h, y, _, mask = metrics.check_rows(features, targets, targets, mask)
+    h, y, _, mask = check_rows(features, targets, targets, mask)
     n = y.shape[1] if n is None else n
     _check_layer(h.shape[1], n, weights)
     return _layer_metrics_from_rows_impl(h, y, mask, weights, n, _default_ridge(probe_ridge, h.dtype))
@@ -194,13 +196,13 @@ def _layer_metrics_from_rows_impl(h, y, mask, weights, n, probe_ridge):
 
 
 def _layer_metrics(m: LayerMoments, weights: LayerWeights | None, n: int, probe_ridge: float) -> dict[str, Array]:
-    """The LAYER_KEYS scalars of one layer: NRC1 in both forms from `metrics.nrc_variants` on the
-    top-n principal directions of `metrics.principal_subspace`, the rest from its covariance."""
+    """The LAYER_KEYS scalars of one layer: NRC1 in both forms from `metric_core.nrc_variants` on
+    the top-n principal directions of `metric_core.principal_subspace`, the rest from its covariance."""
     d = m.s_hy.shape[0]
-    s_hh, values, pcs = metrics.principal_subspace(m.features, m.count, d)
+    s_hh, values, pcs = metric_core.principal_subspace(m.features, m.count, d)
     values = jnp.clip(values, 0.0, None)
     pcs = pcs[:, :n]
-    nrc1 = metrics.nrc_variants(m.features, m.count, pcs)
+    nrc1 = metric_core.nrc_variants(m.features, m.count, pcs)
     ridge = probe_ridge * m.features.raw.total() / m.count
     out = {
         "nrc1_variance": nrc1["variance"],
@@ -273,7 +275,7 @@ def per_layer_metrics(hidden: Sequence[Array], targets: Array, predictions: Arra
     if len(hidden) != len(weights):
         raise DataError(f"{len(hidden)} hidden layers but {len(weights)} LayerWeights")
     if hidden:
-        metrics.check_rows(hidden[-1], targets, predictions, mask)
+        check_rows(hidden[-1], targets, predictions, mask)
     per_layer = [layer_metrics(h, targets, w, probe_ridge=probe_ridge, mask=mask) for h, w in zip(hidden, weights)]
     out = {k: jnp.stack([m[k] for m in per_layer]) for k in LAYER_KEYS}
     out["width"] = jnp.asarray([h.shape[-1] for h in hidden], jnp.int32)

@@ -1,5 +1,6 @@
-"""Linear algebra shared by `metrics` and `deep`: second moments held as rows or as sums, and the
-residual of a moment outside a subspace. Pure jax.numpy, jittable, float32 or float64.
+"""Linear algebra shared by the metric modules (`stats`, `metric_core`, `metrics`) and `deep`: second
+moments held as rows or as sums, the residual of a moment outside a subspace, top eigenpairs (eigh or
+warm-started subspace iteration). Pure jax.numpy, jittable, float32 or float64.
 
 Rows are samples: x (M, d). A second moment `sum_i x_i x_i^T` is held either as the rows themselves
 (`Rows`, where every row is in memory: residuals summed from the residual vectors, precise however
@@ -60,6 +61,21 @@ def top_eigh(cov: Array, r: int) -> tuple[Array, Array]:
     """Top-r eigenpairs of a symmetric (d, d) matrix, descending: values (r,), vectors (d, r)."""
     values, vectors = jnp.linalg.eigh(symmetrize(cov))
     return values[::-1][:r], vectors[:, ::-1][:, :r]
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def subspace_iteration(cov: Array, init: Array, iters: int) -> tuple[Array, Array]:
+    """Top-r eigenpairs of a symmetric PSD (d, d) matrix by `iters` QR (orthogonal) iterations from
+    init (d, r), then a Rayleigh-Ritz step: values (r,), vectors (d, r), descending. Unchecked; the
+    checked entry point is `metrics.top_eigenvectors`."""
+    cov = symmetrize(cov)
+
+    def step(_, q):
+        return jnp.linalg.qr(dot(cov, q))[0]
+
+    q = jax.lax.fori_loop(0, iters, step, jnp.linalg.qr(init)[0])
+    ritz_values, ritz_vectors = jnp.linalg.eigh(symmetrize(dot(q.T, dot(cov, q))))
+    return ritz_values[::-1], dot(q, ritz_vectors[:, ::-1])
 
 
 def row_space_basis(weights: Array) -> tuple[Array, Array]:
@@ -129,4 +145,5 @@ def residual_share(moment: Gram | Rows, basis: Array, keep: Array | None = None)
 
 
 __all__ = ["dot", "symmetrize", "safe_divide", "masked", "kept_count", "normalize_rows", "covariance_from_sums",
-           "cross_covariance_from_sums", "top_eigh", "row_space_basis", "Gram", "Rows", "residual_share"]
+           "cross_covariance_from_sums", "top_eigh", "subspace_iteration", "row_space_basis", "Gram", "Rows",
+           "residual_share"]

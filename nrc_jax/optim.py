@@ -85,19 +85,22 @@ def sum_of_squares(tree: Any) -> jax.Array:
     return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
 
 
+def reduced_mse(mse: jax.Array, target_dim: int, c: ml_collections.ConfigDict) -> jax.Array:
+    """The loss's MSE from the spec's MSE (summed over target dims, mean over rows), the one place
+    `optim.mse_reduction` is applied: "sum" keeps it, "mean" divides it by the `target_dim` n."""
+    return mse / target_dim if c.mse_reduction == "mean" else mse
+
+
 def data_term(sum_sq_per_row: jax.Array, mask: jax.Array, target_dim: int,
               c: ml_collections.ConfigDict) -> jax.Array:
-    """The MSE of the loss from the rows' squared errors summed over target dims (B,), `mask` (B,).
-
-    "sum": mean over the real rows; "mean": also divided by the `target_dim` n.
-    """
-    mse = masked_mean(sum_sq_per_row, mask)
-    return mse / target_dim if c.mse_reduction == "mean" else mse
+    """The MSE of the loss from the rows' squared errors summed over target dims (B,), `mask` (B,):
+    their mean over the real rows, reduced by `reduced_mse`."""
+    return reduced_mse(masked_mean(sum_sq_per_row, mask), target_dim, c)
 
 
 def loss_from_mse(mse: jax.Array, target_dim: int, c: ml_collections.ConfigDict) -> jax.Array:
     """0.5 * the loss's data term given the spec's MSE (summed over target dims, mean over rows)."""
-    return 0.5 * (mse / target_dim if c.mse_reduction == "mean" else mse)
+    return 0.5 * reduced_mse(mse, target_dim, c)
 
 
 def regularization(params: Any, head_w: jax.Array, feature_norm_sq: jax.Array, hp: HParams,
@@ -158,6 +161,6 @@ def apply_update(tx: optax.GradientTransformation, grads: Any, opt_state: Any, p
 
 
 __all__ = ["HParams", "default_optim_config", "check_optim_config", "sum_of_squares", "regularization",
-           "data_term", "loss_from_mse", "MSE_REDUCTIONS",
+           "reduced_mse", "data_term", "loss_from_mse", "MSE_REDUCTIONS",
            "masked_mean", "direction", "lr_factor", "apply_update", "OPTIMIZERS", "SCHEDULES",
            "REGULARIZERS", "DECAY_MODES"]

@@ -401,3 +401,25 @@ def test_shape_errors_are_raised_while_tracing_under_jit():
     h, w, _, _ = _problem(17)
     with pytest.raises(DataError, match="weights shape"):
         jax.jit(metrics.nrc2)(h, w[:, :4])
+
+
+# The names code, docs and notebooks import from nrc_jax.metrics; the code behind them lives in
+# nrc_jax.stats and nrc_jax.metric_core since the split, and must stay reachable from here.
+PUBLIC_METRICS_NAMES = (
+    "VARIANTS", "nrc1", "nrc2", "nrc3", "nrc3_curve", "best_gamma", "explained_variance_ratio", "target_stats",
+    "mse", "mse_per_dim", "r2", "r2_per_dim", "regression_metrics", "top_eigenvectors", "pca_basis_init",
+    "FeatureStats", "CenteredStats", "FeatureMoments", "feature_stats", "centered_feature_stats", "merge",
+    "empty_feature_stats", "feature_mean", "feature_moments_from_stats", "feature_moments_from_rows",
+    "principal_subspace", "nrc_variants", "metrics_from_stats", "metrics_from_features", "check_rows")
+
+
+def test_public_names_stay_importable_from_metrics_and_are_the_split_modules_objects():
+    from nrc_jax import checks, metric_core, stats
+
+    assert set(PUBLIC_METRICS_NAMES) <= set(metrics.__all__)
+    for name in metrics.__all__:
+        value = getattr(metrics, name)
+        for module in (stats, metric_core, checks):
+            if hasattr(module, name):
+                assert value is getattr(module, name), name
+    assert metrics.FeatureStats is stats.FeatureStats and metrics.nrc_variants is metric_core.nrc_variants
