@@ -1,4 +1,5 @@
-"""Time `nrc_jax.ufm.gradient_descent` with its DEFAULT options against the closed form, float64.
+"""Time `nrc_jax.ufm.gradient_descent` with its DEFAULT options (configs/ufm.py `solver_config()`)
+against the closed form, float64.
 
 Run (from the repository root):
   .venv/bin/python benchmarks/ufm_gd.py > results/ufm/gd_benchmark.md   # ~4 min wall under load
@@ -27,6 +28,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nrc_jax import metrics, ufm  # noqa: E402
+from nrc_jax.config_files import repository_config  # noqa: E402
+
+SOLVER = repository_config("ufm").solver_config().to_dict()
 
 EQUAL = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 UNEQUAL = ((1e-4, 1.0), (1.0, 1e-4), (1e-3, 1e-1), (1e-1, 1e-3))
@@ -49,7 +53,7 @@ def timed(fn):
 def solve_row(targets, lam_h, lam_w, d, key) -> dict:
     opt = ufm.optimum(targets, lam_h, lam_w)
     (H, W, b, history), wall, cpu = timed(
-        lambda: ufm.gradient_descent(targets, lam_h, lam_w, d, key))
+        lambda: ufm.gradient_descent(targets, lam_h, lam_w, d, key, SOLVER))
     loss_gd = float(ufm.loss(H, W, b, targets, lam_h, lam_w))
     wwt_opt = np.asarray(opt["wwt"])
     wwt_gap = np.linalg.norm(np.asarray(W @ W.T) - wwt_opt) / max(np.linalg.norm(wwt_opt), 1e-300)
@@ -60,7 +64,7 @@ def solve_row(targets, lam_h, lam_w, d, key) -> dict:
 
 def zero_lambda_row(targets, d, key) -> dict:
     (H, W, b, history), wall, cpu = timed(lambda: ufm.gradient_descent(
-        targets, 0.0, 0.0, d, key, max_iters=ZERO_LAMBDA_ITERS, tol=0.0))
+        targets, 0.0, 0.0, d, key, {**SOLVER, "max_iters": ZERO_LAMBDA_ITERS, "tol": 0.0}))
     n = targets.shape[1]
     return {"loss": float(ufm.loss(H, W, b, targets, 0.0, 0.0)), "nrc1": float(metrics.nrc1(H, n)),
             "nrc2": float(metrics.nrc2(H, W)), "nrc1_min": float(np.min(history["nrc1"])),
@@ -71,7 +75,7 @@ def zero_lambda_row(targets, d, key) -> dict:
 def run_shape(m: int, n: int, d: int, seed: int) -> list[str]:
     targets = jnp.asarray(synthetic_targets(m, n, seed))
     values = np.asarray(ufm.optimum(targets, 1.0, 1.0)["eigenvalues"])
-    _, wall, cpu = timed(lambda: ufm.gradient_descent(targets, 1e-2, 1e-2, d, jax.random.key(999)))
+    _, wall, cpu = timed(lambda: ufm.gradient_descent(targets, 1e-2, 1e-2, d, jax.random.key(999), SOLVER))
     lines = [f"\n### M={m}, n={n}, d={d}  (target eigenvalues {values.min():.3g} .. "
              f"{values.max():.3g}; first solve incl. compilation: {wall:.1f} s wall, {cpu:.1f} s CPU)\n",
              "| lam_h | lam_w | fit dirs | loss rel gap | WW^T rel gap | iterations | converged "
@@ -101,7 +105,7 @@ def main() -> None:
     print("# UFM gradient descent (defaults) vs closed form, float64\n")
     print(f"Command: `.venv/bin/python benchmarks/ufm_gd.py --shapes={args.shapes}`; "
           f"jax {jax.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, load average at "
-          f"start {load[0]:.1f}. Solver defaults: `{ufm.GD_DEFAULTS}`. Wall/CPU seconds are per "
+          f"start {load[0]:.1f}. Solver defaults: `{SOLVER}`. Wall/CPU seconds are per "
           "solve, after the shape's compilation.")
     with jax.enable_x64(True):
         for m, n, d in shapes:

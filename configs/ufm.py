@@ -8,6 +8,9 @@ Outputs: nrc_vs_c.png, trajectories.png, gaps.csv, gaps.md, summary.json (see nr
 Expected runtime on the 2-core CPU: default about 30 s CPU (80 s wall on the shared, loaded
 machine), mostly compilation and figures: the sweep's 10 solves take 15-65 iterations each and the
 lambda = 0 run 10,000; `:quick` about half of that.
+
+`solver_config()` holds every option of the first-order solver (`nrc_jax.ufm.gradient_descent`
+takes them as its `options`); the study's `gd` and `trajectory` change a few of them.
 """
 from __future__ import annotations
 
@@ -31,12 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Sweep points c / lambda_min. Avoid exact eigenvalue ratios (here 1, 4 and 10): there a
     # direction switches off, the optimum is degenerate and first-order convergence is sublinear.
     config.ratios = (1e-3, 1e-2, 0.1, 0.3, 0.6, 1.5, 2.5, 6.0, 15.0, 40.0)
-    config.gd = ml_collections.ConfigDict({
-        "max_iters": 10_000,
-        "tol": 1e-13,
-        "log_every": 10,
-        "init_scale": 1.0,
-    })
+    # The solver options the sweep's solves change (the others keep their `solver_config()` values).
+    solver = solver_config()
+    config.gd = ml_collections.ConfigDict({"max_iters": 10_000, "tol": solver.tol, "log_every": 10,
+                                           "init_scale": solver.init_scale})
     # trajectories.png: plain gradient descent (no balancing move, which would put H in W's row
     # space by construction, and no momentum) from a random start at the sweep point with this
     # c / lambda_min, and at lambda = 0 (which never meets a relative tolerance: its loss goes to
@@ -54,3 +55,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     elif arg:
         raise ValueError(f"configs/ufm.py: unknown argument {arg!r}; use '' or 'quick'")
     return config
+
+
+def solver_config() -> ml_collections.ConfigDict:
+    """Every option of `nrc_jax.ufm.gradient_descent` (the method is described above its
+    `_gradient_descent`): the solver's defaults."""
+    return ml_collections.ConfigDict({
+        "max_iters": 100_000,  # hard cap on iterations (static: sizes the history buffers)
+        "tol": 1e-13,  # stop when L_H ||dH||^2 + L_W ||dW||^2 <= tol * loss (a relative stationarity)
+        "atol": 0.0,  # ... or <= atol (for lam = 0, where the loss itself goes to 0)
+        "log_every": 100,  # record the history every this many iterations (static)
+        "init_scale": 1.0,  # rows of H and W start as N(0, init_scale^2 / d I_d): norm ~ init_scale
+        "momentum": True,  # Nesterov-type extrapolation with restart; False gives plain block GD
+        "balance": True,  # exact balancing move after each sweep when lam_h, lam_w > 0 (nrc_jax.ufm.balance)
+    })

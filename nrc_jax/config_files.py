@@ -44,9 +44,15 @@ def sibling(config_file: str, name: str) -> types.ModuleType:
     return module
 
 
+def repository_config_path(name: str) -> str:
+    """The path of `configs/<name>.py` in the checkout this nrc_jax comes from (a tool's default
+    `--config`, valid from any working directory)."""
+    return str(pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py")
+
+
 def repository_config(name: str) -> types.ModuleType:
     """`configs/<name>.py` of the checkout this nrc_jax comes from (configs/ is not installed)."""
-    return sibling(str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "__init__.py"), name)
+    return sibling(repository_config_path(name), name)
 
 
-__all__ = ["sibling", "repository_config"]
+__all__ = ["sibling", "repository_config", "repository_config_path"]

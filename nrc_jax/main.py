@@ -67,33 +67,19 @@ def show_own_info_only() -> None:
         handler.addFilter(_OwnInfoOnly())
 
 
-def _first_and_last_line(error: BaseException) -> str:
-    """One line for an error whose text may hold a whole traceback (config_flags quotes them)."""
-    root = error
-    while root.__cause__ is not None:
-        root = root.__cause__
-    lines = [line.strip() for line in str(root).splitlines() if line.strip()] or [type(root).__name__]
-    return lines[0] if len(lines) == 1 else f"{lines[0]} ({lines[-1]})"
-
-
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, but a bad config file, config argument or override (a mistyped field)
     is one `error:` line and exit status 2, not a traceback."""
+    from nrc_jax import cli
+
     try:
         rest = flags.FLAGS(argv)
         _CONFIG.value.keys()  # a config file that failed to load raises only when used
         return rest
     except (KeyError, AttributeError) as e:  # --config.a.b=v naming a field the config lacks
-        text: object = e
-        while isinstance(text, BaseException) and text.args:  # ConfigDict wraps a KeyError in an AttributeError
-            text = text.args[0]
-        field, *hint = str(text).splitlines()
-        field = field.strip("\"'")
-        named = [a.split("=")[0] for a in argv if a.startswith("--config.") and field in a.split("=")[0]]
-        print(f"error: {', '.join(named) or field}: the config has no field {field!r}. {' '.join(hint)}".rstrip(),
-              file=sys.stderr)
+        print(f"error: {cli.unknown_field_message(e, argv)}", file=sys.stderr)
     except (flags.Error, OSError, ValueError, TypeError) as e:
-        print(f"error: {_first_and_last_line(e)}", file=sys.stderr)
+        print(f"error: {cli.first_and_last_line(e)}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -1,23 +1,22 @@
 """The main job behind `make run`: the quick reproduction of the paper on the embedded data.
 
     python -m nrc_jax.reproduce [--out results/quick] [--workdirs workdirs/quick] [--fresh]
-                                [--only STAGE ...] [--epochs-scale F]
+                                [--only STAGE ...] [--config=configs/reproduce.py] [--config.x=y ...]
 
-Stages (configs/paper.py, each `,quick`; one compiled program per stage, sweep members vmapped):
-  wd_swimmer, wd_reacher, wd_hopper   the MuJoCo expert sets at the paper's weight decay and at 0
-  ufm_net_swimmer                     the UFM-regularized MLP, lambda_H = lambda_W in {1e-2, 1e-3, 0}
-  synthetic_images                    the embedded image set through the ResNet18 path (16x16)
-  ufm_study                           the UFM closed form vs gradient descent (configs/ufm.py:quick)
-then the figures (`nrc_jax.plot.plot_workdirs`, one call so colours agree), Table 1 (`table1.md`)
-and `summary.md` (the key final numbers and the stage timings) in `--out`.
+The stages (which config each runs, in which order, their expected times) are configs/reproduce.py:
+the MuJoCo weight-decay runs, the UFM-regularized MLP, the image set through the ResNet18 path and
+the UFM study. Then the figures (`nrc_jax.plot.plot_workdirs`, one call so colours agree), Table 1
+(`table1.md`) and `summary.md` (the key final numbers and the stage timings) go to `--out`.
 
 Workdirs live under `--workdirs` (gitignored): a rerun reuses finished stages and resumes
 interrupted ones from their checkpoints; a stage whose config changed starts over; `--fresh`
-starts every stage over. `--epochs-scale` multiplies every training stage's epochs and the UFM study's
-gradient-descent iterations (tests use a tiny value). User errors print one line and exit 2.
+starts every stage over. `--config.epochs_scale=F` multiplies every training stage's epochs and the
+UFM study's gradient-descent iterations (tests use a tiny value). User errors print one line and
+exit 2.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -33,53 +32,51 @@ import numpy as np
 
 from nrc_jax.errors import ConfigError, UserError
 
-REPO = pathlib.Path(__file__).resolve().parent.parent
 DONE_FILE = "reproduce_done.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """One step of the job: `kind` 'train' (a nrc_jax.train run) or 'ufm_study'."""
+    """One stage of a configs/reproduce.py config; its workdir is `<workdirs>/<name>`."""
 
     name: str
-    kind: str
-    config_arg: str          # configs/paper.py argument (train) or configs/ufm.py argument (ufm_study)
-    expected_s: float        # rough single-process wall time on a quiet 2-core CPU (for the ETA)
+    kind: str                         # 'train' (a nrc_jax.train run) or 'ufm_study'
+    expected_s: float                 # rough wall time on a quiet 2-core CPU (for the ETA)
     what: str
+    config: ml_collections.ConfigDict  # the run's config (configs/paper.py or configs/ufm.py)
 
 
-STAGES = (
-    Stage("wd_swimmer", "train", "fig5_wd_swimmer,quick", 60, "Swimmer, weight decay 1e-2 vs 0"),
-    Stage("wd_reacher", "train", "fig5_wd_reacher,quick", 60, "Reacher, weight decay 1.5e-3 vs 0"),
-    Stage("wd_hopper", "train", "fig5_wd_hopper,quick", 60, "Hopper (2,000 rows), weight decay 1e-2 vs 0"),
-    Stage("ufm_net_swimmer", "train", "fig6_ufm_swimmer,quick", 70,
-          "Swimmer, UFM-regularized MLP, lambda_H = lambda_W in {1e-2, 1e-3, 0}"),
-    # One model, 4 epochs: compiling the ResNet18 is about half of this stage on 2 busy cores.
-    Stage("synthetic_images", "train", "fig2_synthetic_images,quick", 60,
-          "synthetic images, ResNet18 (width 16, 16x16), weight decay 5e-4"),
-    Stage("ufm_study", "ufm_study", "quick", 40, "UFM closed form vs gradient descent"),
-)
+KINDS = ("train", "ufm_study")
 
 
-# --------------------------------------------------------------------- configs
-def load_config_module(name: str):
-    """configs/<name>.py of the repository (configs/ is not an installed package)."""
-    from nrc_jax.config_files import repository_config
-
-    return repository_config(name)
+def stages_of(config: ml_collections.ConfigDict, only: Sequence[str] = ()) -> list[Stage]:
+    """The stages of `config` (configs/reproduce.py) in `config.order`, only those named in `only`
+    when given."""
+    known = list(config.order)
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        raise ConfigError(f"--only {' '.join(unknown)}: unknown stage; stages are {', '.join(known)}")
+    missing = [name for name in known if name not in config.stages]
+    if missing:
+        raise ConfigError(f"order names {', '.join(missing)}, which stages does not define")
+    stages = [Stage(name, s.kind, s.expected_s, s.what, s.config)
+              for name, s in ((name, config.stages[name]) for name in known) if not only or name in only]
+    for stage in stages:
+        if stage.kind not in KINDS:
+            raise ConfigError(f"stages.{stage.name}.kind={stage.kind!r}: allowed {', '.join(KINDS)}")
+    return stages
 
 
 def stage_config(stage: Stage, epochs_scale: float = 1.0, num_devices: int = -1) -> ml_collections.ConfigDict:
-    """The config a stage runs; `epochs_scale` < 1 shortens training stages (eval/checkpoint
-    cadence scaled along, at least one epoch each); `num_devices` sets the training mesh."""
-    if not epochs_scale > 0:
-        raise ConfigError(f"--epochs-scale={epochs_scale}: allowed a positive number")
+    """The config a stage runs (a copy of `stage.config`); `epochs_scale` < 1 shortens training
+    stages (eval/checkpoint cadence scaled along, at least one epoch each); `num_devices` sets the
+    training mesh."""
+    check_epochs_scale(epochs_scale)
+    config = copy.deepcopy(stage.config)
     if stage.kind == "ufm_study":
-        config = load_config_module("ufm").get_config(stage.config_arg)
         if epochs_scale != 1.0:
             config.gd.max_iters = max(50, round(config.gd.max_iters * epochs_scale))
         return config
-    config = load_config_module("paper").get_config(stage.config_arg)
     config.train.progress_bar = False
     config.mesh.num_devices = num_devices
     if epochs_scale != 1.0:
@@ -87,6 +84,11 @@ def stage_config(stage: Stage, epochs_scale: float = 1.0, num_devices: int = -1)
         every = max(1, round(config.train.eval_every * epochs_scale))
         config.train.update(epochs=epochs, eval_every=every, checkpoint_every=every * max(1, epochs // every))
     return config
+
+
+def check_epochs_scale(epochs_scale: float) -> None:
+    if not epochs_scale > 0:
+        raise ConfigError(f"epochs_scale={epochs_scale}: allowed a positive number")
 
 
 def config_fingerprint(config: ml_collections.ConfigDict) -> str:
@@ -150,19 +152,21 @@ class Timing:
     cpu_s: float
 
 
-def run_stages(stages: Sequence[Stage], workdirs: pathlib.Path, *, fresh: bool, epochs_scale: float,
-               num_devices: int, progress: bool = False, log: Callable[[str], None] = print_flushed) -> list[Timing]:
-    """Runs (or reuses) each stage in order, printing the stage, elapsed time and an ETA."""
+def run_stages(stages: Sequence[Stage], config: ml_collections.ConfigDict, workdirs: pathlib.Path, *, fresh: bool,
+               progress: bool = False, log: Callable[[str], None] = print_flushed) -> list[Timing]:
+    """Runs (or reuses) each stage in order with `config`'s epochs_scale and num_devices (a
+    configs/reproduce.py config), printing the stage, elapsed time and an ETA."""
     timings: list[Timing] = []
     start = time.perf_counter()
     expected_done = 0.0
+    scale = epochs_scale_factor(config.epochs_scale, config.compile_share)
     for i, stage in enumerate(stages):
-        config = stage_config(stage, epochs_scale, num_devices)
+        run_config = stage_config(stage, config.epochs_scale, config.num_devices)
         workdir = workdirs / stage.name
-        fingerprint = config_fingerprint(config)
+        fingerprint = config_fingerprint(run_config)
         status = prepare_workdir(workdir, fingerprint, fresh)
         elapsed = time.perf_counter() - start
-        remaining = sum(s.expected_s for s in stages[i:]) * epochs_scale_factor(epochs_scale)
+        remaining = sum(s.expected_s for s in stages[i:]) * scale
         pace = elapsed / expected_done if expected_done > 0 and elapsed > 5 else 1.0
         log(f"[{i + 1}/{len(stages)}] {stage.name}: {stage.what} ({status}; elapsed "
             f"{format_duration(elapsed)}, ETA {format_duration(remaining * pace)})")
@@ -172,20 +176,20 @@ def run_stages(stages: Sequence[Stage], workdirs: pathlib.Path, *, fresh: bool, 
             timings.append(Timing(stage.name, "reused", done.get("wall_s", math.nan), done.get("cpu_s", math.nan)))
         else:
             workdir.mkdir(parents=True, exist_ok=True)
-            (run_train_stage if stage.kind == "train" else run_ufm_stage)(config, workdir, progress)
+            (run_train_stage if stage.kind == "train" else run_ufm_stage)(run_config, workdir, progress)
             timings.append(Timing(stage.name, status, time.perf_counter() - t0, time.process_time() - c0))
             (workdir / DONE_FILE).write_text(json.dumps({
                 "config": fingerprint, "wall_s": timings[-1].wall_s, "cpu_s": timings[-1].cpu_s,
                 "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z")}))
-        expected_done += stage.expected_s * epochs_scale_factor(epochs_scale)
+        expected_done += stage.expected_s * scale
         log(f"      {'took' if status != 'reuse' else 'had taken'} {format_duration(timings[-1].wall_s)} wall, "
             f"{format_duration(timings[-1].cpu_s)} CPU")
     return timings
 
 
-def epochs_scale_factor(epochs_scale: float) -> float:
-    """ETA weight of a scaled run: compilation (~1/3 of a quick stage) does not shrink."""
-    return 1 / 3 + 2 / 3 * min(epochs_scale, 1.0) if epochs_scale < 1 else epochs_scale
+def epochs_scale_factor(epochs_scale: float, compile_share: float) -> float:
+    """ETA weight of a scaled run: compilation (`compile_share` of a quick stage) does not shrink."""
+    return compile_share + (1 - compile_share) * epochs_scale if epochs_scale < 1 else epochs_scale
 
 
 # --------------------------------------------------------------------- tables
@@ -303,29 +307,26 @@ def summary_markdown(stages: Sequence[Stage], workdirs: pathlib.Path, timings: S
 
 
 # --------------------------------------------------------------------- the job
-def reproduce(out: str | pathlib.Path = "results/quick", workdirs: str | pathlib.Path = "workdirs/quick", *,
-              fresh: bool = False, only: Sequence[str] = (), epochs_scale: float = 1.0,
-              num_devices: int = -1, progress: bool = False, log: Callable[[str], None] = print_flushed) -> dict:
-    """Runs the stages, then writes figures, table1.md, summary.md (and ufm/) into `out`.
+def reproduce(config: ml_collections.ConfigDict, out: str | pathlib.Path = "results/quick",
+              workdirs: str | pathlib.Path = "workdirs/quick", *, fresh: bool = False, only: Sequence[str] = (),
+              progress: bool = False, log: Callable[[str], None] = print_flushed) -> dict:
+    """Runs the stages of `config` (configs/reproduce.py), then writes figures, table1.md,
+    summary.md (and ufm/) into `out`.
 
     Returns {"timings": [...], "written": [paths], "wall_s", "cpu_s"}.
     """
-    known = [s.name for s in STAGES]
-    unknown = sorted(set(only) - set(known))
-    if unknown:
-        raise ConfigError(f"--only {' '.join(unknown)}: unknown stage; stages are {', '.join(known)}")
-    stages = [s for s in STAGES if not only or s.name in only]
+    stages = stages_of(config, only)
+    check_epochs_scale(config.epochs_scale)
     out, workdirs = pathlib.Path(out), pathlib.Path(workdirs)
     t0, c0 = time.perf_counter(), time.process_time()
-    timings = run_stages(stages, workdirs, fresh=fresh, epochs_scale=epochs_scale, num_devices=num_devices,
-                         progress=progress, log=log)
+    timings = run_stages(stages, config, workdirs, fresh=fresh, progress=progress, log=log)
     log("figures and tables ...")
     from nrc_jax.plot import plot_workdirs
 
     train_dirs = [workdirs / s.name for s in stages if s.kind == "train"]
     written = plot_workdirs(train_dirs, out) if train_dirs else []
     out.mkdir(parents=True, exist_ok=True)
-    write_table1(load_config_module("paper").get_config("table1,quick"), out / "table1.md")
+    write_table1(config.table1, out / "table1.md")
     for stage in stages:
         if stage.kind == "ufm_study":
             target = out / "ufm"
@@ -336,7 +337,7 @@ def reproduce(out: str | pathlib.Path = "results/quick", workdirs: str | pathlib
     timings.append(Timing("sum of the stages", "", *stage_sums))
     timings.append(Timing("total", "this invocation", time.perf_counter() - t0, time.process_time() - c0))
     command = "python -m nrc_jax.reproduce" + (f" --only {' '.join(only)}" if only else "") + \
-        (f" --epochs-scale {epochs_scale:g}" if epochs_scale != 1.0 else "")
+        (f" --config.epochs_scale={config.epochs_scale:g}" if config.epochs_scale != 1.0 else "")
     (out / "summary.md").write_text(summary_markdown(stages, workdirs, timings, out, command))
     log(f"done in {format_duration(timings[-1].wall_s)} wall ({format_duration(timings[-1].cpu_s)} CPU): "
         f"see {out / 'summary.md'} and {out / 'index.md'}")
@@ -349,30 +350,29 @@ def _define_flags(fv) -> None:
     flags.DEFINE_string("out", "results/quick", "folder for figures, tables and summary.md", flag_values=fv)
     flags.DEFINE_string("workdirs", "workdirs/quick", "folder of the stages' workdirs", flag_values=fv)
     flags.DEFINE_boolean("fresh", False, "start every stage over (delete its workdir)", flag_values=fv)
-    flags.DEFINE_list("only", [], f"STAGE,STAGE (or STAGE STAGE ...): run only these stages "
-                      f"({', '.join(s.name for s in STAGES)})", flag_values=fv)
-    flags.DEFINE_float("epochs-scale", 1.0, "multiply the training stages' epochs and the UFM study's iterations "
-                       "(e.g. 0.01 for a smoke run)", flag_values=fv)
-    flags.DEFINE_integer("num-devices", -1, "devices of the training mesh (-1: all; the default)", flag_values=fv)
+    flags.DEFINE_list("only", [], "STAGE,STAGE (or STAGE STAGE ...): run only these stages (the names in the "
+                      "config's `order`)", flag_values=fv)
 
 
-def parse_args(argv: Sequence[str]):
-    """The command line as a namespace: out, workdirs, fresh, only, epochs_scale, num_devices."""
+def parse_args(argv: Sequence[str] | None):
+    """The command line as a namespace: config (configs/reproduce.py unless --config), out,
+    workdirs, fresh, only."""
     from nrc_jax import cli
+    from nrc_jax.config_files import repository_config_path
 
     fv, _ = cli.parse(argv, _define_flags, prog="python -m nrc_jax.reproduce", usage="[flags]", doc=__doc__,
-                      list_flags=("only",))
+                      list_flags=("only",), config=repository_config_path("reproduce"))
     return cli.namespace(fv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
     from absl import logging
 
     logging.set_verbosity(logging.ERROR)  # TFDS announces every expert data configuration at WARNING
     try:
-        reproduce(args.out, args.workdirs, fresh=args.fresh, only=args.only, epochs_scale=args.epochs_scale,
-                  num_devices=args.num_devices, progress=sys.stderr.isatty())
+        reproduce(args.config, args.out, args.workdirs, fresh=args.fresh, only=args.only,
+                  progress=sys.stderr.isatty())
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

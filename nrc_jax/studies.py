@@ -1,8 +1,10 @@
 """Follow-up studies: target preprocessing and single-task vs multi-task training, each measured
 training MSE shown beside the UFM closed-form prediction (`nrc_jax.ufm.optimum`).
 
-    python -m nrc_jax.studies preprocessing --dataset swimmer --out results/studies
-    python -m nrc_jax.studies multitask --dataset swimmer --out results/studies
+    python -m nrc_jax.studies --config=configs/studies.py:preprocessing [--config.x=y ...] [--out results/studies]
+    python -m nrc_jax.studies --config=configs/studies.py:multitask [--workdir DIR]
+
+The settings (the training config `run`, `lambdas`, `decays`, `transforms`) are configs/studies.py.
 
 UFM prediction. A UFM-regularized network (`optim.regularizer='ufm'`, no decay on the body, the
 ReLU before the features removed) minimizes exactly the UFM loss of the spec with its features in
@@ -32,32 +34,18 @@ import json
 import os
 import sys
 import tempfile
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
 
 from nrc_jax.errors import ConfigError, UserError
 
-TRANSFORMS = ("none", "standardize", "zca")
-
 
 # ----------------------------------------------------------------------------- configuration
-def study_config(dataset: str = "swimmer", *, epochs: int = 2000, widths: Sequence[int] = (256, 256, 256),
-                 lr: float = 1e-3, batch_size: int = 1000) -> ml_collections.ConfigDict:
-    """The base training config of the studies: configs/mlp.py with Adam (full-batch by default, so
-    a few thousand epochs get close to the optimum) and no progress bar; one device."""
-    from nrc_jax.config_files import repository_config
-
-    mlp = repository_config("mlp")
-    config = mlp.get_config()
-    config.data.name = dataset
-    config.model.widths = tuple(widths)
-    config.optim.update(name="adam", lr=lr)
-    config.train.update(epochs=epochs, batch_size=batch_size, eval_every=max(epochs // 10, 1),
-                        checkpoint_every=epochs, progress_bar=False)
-    config.mesh.num_devices = 1
-    return config
+def run_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The study's training config `config.run` as a plain (unlocked) copy, references resolved."""
+    return ml_collections.ConfigDict(config.run.to_dict())
 
 
 def with_ufm_sweep(config: ml_collections.ConfigDict, lambdas: Sequence[float]) -> ml_collections.ConfigDict:
@@ -79,8 +67,8 @@ def with_weight_decay_sweep(config: ml_collections.ConfigDict, decays: Sequence[
 
 def _check_values(lambdas: Sequence[float], decays: Sequence[float]) -> None:
     for name, values in (("lambdas", lambdas), ("decays", decays)):
-        if any(not np.isfinite(v) or v < 0 for v in values):
-            raise ConfigError(f"{name} must be finite values >= 0, got {list(values)}")
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0 for v in values):
+            raise ConfigError(f"{name} must be numbers >= 0 (e.g. --config.{name}=\"(0.1, 1.0)\"), got {list(values)}")
     if not len(lambdas) and not len(decays):
         raise ConfigError("lambdas and decays are both empty: nothing to run")
 
@@ -129,29 +117,31 @@ def _c(member: dict, regularizer: str) -> float:
     return member["lambda_h"] * member["lambda_w"] if regularizer == "ufm" else member["weight_decay"] ** 2
 
 
-def preprocessing_study(config: ml_collections.ConfigDict, workdir: str, *, transforms: Sequence[str] = TRANSFORMS,
-                        lambdas: Sequence[float] = (0.1, 0.5, 1.0), decays: Sequence[float] = ()) -> dict:
-    """Runs `config` with each target transform (UFM sweep over `lambdas`, weight-decay sweep over
-    `decays`) and returns {"rows": [{transform, regularizer, c, predicted_mse, measured_mse, ...}]}."""
+def preprocessing_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs `config.run` with each of `config.transforms` (UFM sweep over `config.lambdas`,
+    weight-decay sweep over `config.decays`; configs/studies.py:preprocessing) and returns
+    {"rows": [{transform, regularizer, c, predicted_mse, measured_mse, ...}]}."""
     from nrc_jax.data import load_dataset
 
+    lambdas, decays = tuple(config.lambdas), tuple(config.decays)
     _check_values(lambdas, decays)
+    run = run_config(config)
     rows = []
-    for kind in transforms:
-        base = copy.deepcopy(config)
+    for kind in config.transforms:
+        base = copy.deepcopy(run)
         base.data.target_transform = kind
         y_train = load_dataset(base.data).y_train
         eigenvalues = np.linalg.eigvalsh(np.cov(np.asarray(y_train, np.float64).T, bias=True).reshape(
             y_train.shape[1], y_train.shape[1]))[::-1]
-        for regularizer, run_config in _regimes(base, lambdas, decays):
-            for final in _run(run_config, os.path.join(workdir, "preprocessing", f"{kind}_{regularizer}")):
+        for regularizer, regime_config in _regimes(base, lambdas, decays):
+            for final in _run(regime_config, os.path.join(workdir, "preprocessing", f"{kind}_{regularizer}")):
                 predicted, mapping = member_prediction(y_train, final["member"], regularizer)
                 rows.append({"transform": kind, "regularizer": regularizer, "sweep": final["sweep"],
                              "c": _c(final["member"], regularizer), "mapping": mapping,
                              "eigenvalues": eigenvalues.tolist(), "predicted_mse": predicted,
                              "measured_mse": final["train_mse"], "test_mse": final["test_mse"],
                              "nrc1": final["nrc1"], "nrc2": final["nrc2"], "epoch": final["epoch"]})
-    return {"study": "preprocessing", "dataset": config.data.name, "epochs": config.train.epochs, "rows": rows}
+    return {"study": "preprocessing", "dataset": run.data.name, "epochs": run.train.epochs, "rows": rows}
 
 
 def _write_npz(path: str, data, columns: Sequence[int]) -> None:
@@ -160,9 +150,9 @@ def _write_npz(path: str, data, columns: Sequence[int]) -> None:
              y_test=data.y_test[:, cols])
 
 
-def multitask_study(config: ml_collections.ConfigDict, workdir: str, *, lambdas: Sequence[float] = (0.1, 0.5, 1.0),
-                    decays: Sequence[float] = ()) -> dict:
-    """One network on all n targets vs n networks on one target each (same data, same settings).
+def multitask_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """One network on all n targets vs n networks on one target each (same data, same settings:
+    `config.run`, `config.lambdas`, `config.decays`; configs/studies.py:multitask).
 
     Returns {"rows": [{regularizer, c, multi: {predicted_mse, measured_mse, measured_per_dim},
     single: {predicted_mse, measured_mse, measured_per_dim}}]}; single-task values are summed over
@@ -170,11 +160,13 @@ def multitask_study(config: ml_collections.ConfigDict, workdir: str, *, lambdas:
     """
     from nrc_jax.data import load_dataset
 
+    lambdas, decays = tuple(config.lambdas), tuple(config.decays)
     _check_values(lambdas, decays)
-    data = load_dataset(config.data)
+    run = run_config(config)
+    data = load_dataset(run.data)
     n = data.y_train.shape[1]
     if n < 2:
-        raise ConfigError(f"data set {config.data.name!r} has n={n} target; the multi-task study needs n >= 2")
+        raise ConfigError(f"data set {run.data.name!r} has n={n} target; the multi-task study needs n >= 2")
     data_dir = os.path.join(workdir, "multitask", "data")
     os.makedirs(data_dir, exist_ok=True)
     tasks = {"multi": list(range(n)), **{f"single_{j}": [j] for j in range(n)}}
@@ -182,13 +174,13 @@ def multitask_study(config: ml_collections.ConfigDict, workdir: str, *, lambdas:
     for name, columns in tasks.items():
         path = os.path.join(data_dir, f"{name}.npz")
         _write_npz(path, data, columns)
-        task_config = copy.deepcopy(config)
+        task_config = copy.deepcopy(run)
         task_config.data.update(name="npz", path=path, target_transform="none")
-        for regularizer, run_config in _regimes(task_config, lambdas, decays):
-            runs[name, regularizer] = _run(run_config, os.path.join(workdir, "multitask", f"{name}_{regularizer}"))
+        for regularizer, regime_config in _regimes(task_config, lambdas, decays):
+            runs[name, regularizer] = _run(regime_config, os.path.join(workdir, "multitask", f"{name}_{regularizer}"))
     y = np.asarray(data.y_train, np.float64)
     rows = []
-    for regularizer, _ in _regimes(config, lambdas, decays):
+    for regularizer, _ in _regimes(run, lambdas, decays):
         for k, multi in enumerate(runs["multi", regularizer]):
             singles = [runs[f"single_{j}", regularizer][k] for j in range(n)]
             rows.append({
@@ -202,7 +194,7 @@ def multitask_study(config: ml_collections.ConfigDict, workdir: str, *, lambdas:
                            "measured_per_dim": [s["train_mse"] for s in singles]},
             })
     sigma = np.cov(y.T, bias=True)
-    return {"study": "multitask", "dataset": config.data.name, "epochs": config.train.epochs,
+    return {"study": "multitask", "dataset": run.data.name, "epochs": run.train.epochs,
             "sigma": sigma.tolist(), "eigenvalues": np.linalg.eigvalsh(sigma)[::-1].tolist(), "rows": rows}
 
 
@@ -274,53 +266,37 @@ def write_outputs(result: dict, out_dir: str) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- CLI
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise ConfigError(f"expected comma-separated numbers, got {text!r}") from e
-
-
-STUDIES = ("preprocessing", "multitask")
+STUDIES: dict[str, Callable[[ml_collections.ConfigDict, str], dict]] = {
+    "preprocessing": preprocessing_study, "multitask": multitask_study}
 
 
 def _define_flags(fv) -> None:
     from absl import flags
 
-    flags.DEFINE_string("dataset", "swimmer", "data.name (swimmer, hopper, npz, sgemm, ...)", flag_values=fv)
-    flags.DEFINE_string("data-path", "", "data.path for file-based data sets", flag_values=fv)
-    flags.DEFINE_integer("epochs", 2000, "training epochs of every run", flag_values=fv)
-    flags.DEFINE_string("widths", "256,256,256", "hidden layer widths", flag_values=fv)
-    flags.DEFINE_float("lr", 1e-3, "Adam learning rate", flag_values=fv)
-    flags.DEFINE_integer("batch-size", 1000, "minibatch size", flag_values=fv)
-    flags.DEFINE_string("lambdas", "0.1,0.5,1.0", "UFM lambda_H = lambda_W values ('' for none)", flag_values=fv)
-    flags.DEFINE_string("decays", "", "weight-decay values (approximate mapping c = wd^2)", flag_values=fv)
-    flags.DEFINE_string("transforms", ",".join(TRANSFORMS), "preprocessing study only", flag_values=fv)
     flags.DEFINE_string("workdir", "", "where the runs go (default: a temporary folder)", flag_values=fv)
     flags.DEFINE_string("out", "results/studies", "folder for the tables, JSON and figure", flag_values=fv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None):
+    """The command line as a namespace: config (the locked study config), workdir, out."""
     from nrc_jax import cli
 
-    prog = "python -m nrc_jax.studies"
-    fv, (study,) = cli.parse(argv, _define_flags, prog=prog, usage=f"{{{','.join(STUDIES)}}} [flags]", doc=__doc__,
-                             num_args=(1, 1))
-    if study not in STUDIES:
-        raise cli.UsageError(f"{prog}: study {study!r}: allowed {', '.join(STUDIES)}")
-    args = cli.namespace(fv, study=study)
+    fv, _ = cli.parse(argv, _define_flags, prog="python -m nrc_jax.studies",
+                      usage="--config=configs/studies.py:{preprocessing,multitask} [--config.x=y ...] [flags]",
+                      doc=__doc__, config="")
+    return cli.namespace(fv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    config = args.config
     try:
-        widths = [int(w) for w in _floats(args.widths)]
-        config = study_config(args.dataset, epochs=args.epochs, widths=widths, lr=args.lr, batch_size=args.batch_size)
-        config.data.path = args.data_path
+        if config.study not in STUDIES:
+            raise ConfigError(f"study={config.study!r}: allowed {', '.join(STUDIES)}")
         workdir = args.workdir or tempfile.mkdtemp(prefix="nrc_studies_")
-        kwargs = {"lambdas": _floats(args.lambdas), "decays": _floats(args.decays)}
-        if args.study == "preprocessing":
-            transforms = [t.strip() for t in args.transforms.split(",") if t.strip()]
-            result = preprocessing_study(config, workdir, transforms=transforms, **kwargs)
-        else:
-            result = multitask_study(config, workdir, **kwargs)
-        result["command"] = "python -m nrc_jax.studies " + " ".join(sys.argv[1:] if argv is None else argv)
+        result = STUDIES[config.study](config, workdir)
+        result["command"] = "python -m nrc_jax.studies " + " ".join(argv)
         paths = write_outputs(result, args.out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,6 +13,7 @@ Command line (the study): `python -m nrc_jax.ufm --config=configs/ufm.py`.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -48,10 +49,8 @@ def _width_arg(d: Any, n: int) -> int:
 
 def _check_positive_lambdas(lam_h: Any, lam_w: Any, what: str) -> None:
     if is_concrete(lam_h) and is_concrete(lam_w) and (float(lam_h) <= 0 or float(lam_w) <= 0):
-        raise ConfigError(
-            f"{what} needs lam_h > 0 and lam_w > 0 (got lam_h={float(lam_h)}, lam_w={float(lam_w)}): "
-            "without both penalties the minimizer is not unique or not attained"
-        )
+        raise ConfigError(f"{what} needs lam_h > 0 and lam_w > 0 (got lam_h={float(lam_h)}, lam_w={float(lam_w)}): "
+                          "without both penalties the minimizer is not unique or not attained")
 
 
 def _both_positive(lam_h: Any, lam_w: Any) -> bool:
@@ -59,8 +58,21 @@ def _both_positive(lam_h: Any, lam_w: Any) -> bool:
     return is_concrete(lam_h) and is_concrete(lam_w) and float(lam_h) > 0 and float(lam_w) > 0
 
 
+def _solver_options_arg(options: Mapping[str, Any]) -> dict[str, Any]:
+    """`options` as a dict holding exactly `SOLVER_OPTIONS`, the counts >= 1 and tolerances >= 0."""
+    missing, unknown = set(SOLVER_OPTIONS) - set(options), set(options) - set(SOLVER_OPTIONS)
+    if missing or unknown:
+        raise ConfigError(f"gradient_descent options: missing {sorted(missing)}, unknown {sorted(unknown)}; "
+                          f"expected exactly {list(SOLVER_OPTIONS)} (configs/ufm.py solver_config())")
+    for name in ("max_iters", "log_every"):
+        count_arg(name, options[name], 1, None, "iterations")
+    for name in ("tol", "atol", "init_scale"):
+        nonnegative_scalar_arg(name, options[name])
+    return dict(options)
+
+
 # ----------------------------------------------------------------------------------------------
-# Loss.
+# Loss and closed form.
 
 
 def loss(H: Array, W: Array, b: Array, targets: Array, lam_h: float, lam_w: float) -> Array:
@@ -69,12 +81,9 @@ def loss(H: Array, W: Array, b: Array, targets: Array, lam_h: float, lam_w: floa
     M, n = targets.shape
     shapes = {"H": np.shape(H), "W": np.shape(W), "b": np.shape(b), "targets": (M, n)}
     d = shapes["H"][1] if len(shapes["H"]) == 2 else None
-    if (len(shapes["H"]) != 2 or shapes["H"][0] != M or shapes["W"] != (n, d)
-            or shapes["b"] != (n,)):
-        raise DataError(
-            "expected H (M, d), W (n, d), b (n,), targets (M, n); got "
-            + ", ".join(f"{k} {v}" for k, v in shapes.items())
-        )
+    if len(shapes["H"]) != 2 or shapes["H"][0] != M or shapes["W"] != (n, d) or shapes["b"] != (n,):
+        raise DataError("expected H (M, d), W (n, d), b (n,), targets (M, n); got "
+                        + ", ".join(f"{k} {v}" for k, v in shapes.items()))
     _lambdas_arg(lam_h, lam_w)
     return _loss(H, W, b, targets, lam_h, lam_w)
 
@@ -84,9 +93,6 @@ def _loss(H, W, b, targets, lam_h, lam_w):
     residual = H @ W.T + b[None, :] - targets
     return (jnp.sum(residual**2) + lam_h * jnp.sum(H**2)) / (2 * M) + 0.5 * lam_w * jnp.sum(W**2)
 
-
-# ----------------------------------------------------------------------------------------------
-# Closed form.
 
 
 def _spectrum(targets: Array) -> tuple[Array, Array, Array]:
@@ -198,16 +204,14 @@ def _closed_form(targets, lam_h, lam_w, d, key):
 # increases the loss; an accelerated step that does is rejected, and the momentum restarts then or
 # when it points uphill.
 #
-# Why the balancing move: plain block steps need ~1/lambda iterations (about 700 at lambda = 1e-2
-# and 6,000 at 1e-3 for M=40, n=3; no convergence in 2,000 at 1e-4 for M=1000, n=8, d=512). The
-# slow directions are those that keep Z fixed, (H Q G, W Q G^{-T}) for invertible n x n G and
-# the part of H outside the row space of W, whose only curvature is the penalty (~lambda). For a
-# fixed Z the penalty has a closed-form minimum over all of them (the balanced factorization), so
-# jumping there is an exact move that never increases the loss and leaves no slow direction but
-# the singular values and vectors of Z, which the gradient steps fit linearly at a rate set by the
-# target spectrum and by how far the eigenvalues lambda_j are from c (36-1,300 iterations for
-# M=1000, n=8 at lambdas in [1e-4, 1], results/ufm/gd_benchmark.md; a few thousand when some
-# lambda_j is within 0.1% of c, where the optimum is degenerate and convergence is sublinear).
+# Why the balancing move: plain block steps need ~1/lambda iterations. The slow directions are
+# those that keep Z fixed, (H Q G, W Q G^{-T}) for invertible n x n G and the part of H outside
+# the row space of W, whose only curvature is the penalty (~lambda). For a fixed Z the penalty
+# has a closed-form minimum over all of them (the balanced factorization), so jumping there is an
+# exact move that never increases the loss and leaves no slow direction but the singular values
+# and vectors of Z, which the gradient steps fit linearly at a rate set by the target spectrum and
+# by how far the eigenvalues lambda_j are from c (iteration counts: results/ufm/gd_benchmark.md;
+# sublinear where some lambda_j equals c and the optimum is degenerate).
 #
 # Why small coordinates: after the first balancing H = A Q^T and W = B Q^T with Q (d, n) orthonormal,
 # and every later gradient stays in that row space (grad_H = ((A B^T - Yc) B + lam_h A) Q^T / M,
@@ -220,15 +224,8 @@ def _closed_form(targets, lam_h, lam_w, d, key):
 # gradient steps move the part of H outside the row space of W only through lam_h, so at lam = 0
 # that part of the random start is kept (no collapse), and no balancing imposes one.
 
-GD_DEFAULTS = {
-    "max_iters": 100_000,  # hard cap on iterations (static: sizes the history buffers)
-    "tol": 1e-13,  # stop when L_H ||dH||^2 + L_W ||dW||^2 <= tol * loss (a relative stationarity)
-    "atol": 0.0,  # ... or <= atol (for lam = 0, where the loss itself goes to 0)
-    "log_every": 100,  # record the history every this many iterations (static)
-    "init_scale": 1.0,  # rows of H and W start as N(0, init_scale^2 / d I_d): norm ~ init_scale
-    "momentum": True,  # Nesterov-type extrapolation with restart; False gives plain block GD
-    "balance": True,  # exact balancing move after each sweep when lam_h, lam_w > 0 (see `balance`)
-}
+# Every option `gradient_descent` needs; their defaults are configs/ufm.py's `solver_config()`.
+SOLVER_OPTIONS = ("max_iters", "tol", "atol", "log_every", "init_scale", "momentum", "balance")
 
 
 def _polar(X: Array) -> Array:
@@ -356,14 +353,8 @@ HISTORY_KEYS = ("iteration", "loss", "nrc1", "nrc2", "nrc3")
 def _history_row(it, H, W, loss_value, sigma, gamma):
     """NRC1-3 are invariant under H -> H Q^T, W -> W Q^T (Q^T orthonormal rows), so the small
     coordinates (A, B) give the metrics of (A Q^T, B Q^T) without forming the (M, d) features."""
-    n = W.shape[0]
-    return jnp.stack([
-        jnp.asarray(it, H.dtype),
-        loss_value,
-        metrics.nrc1(H, n),
-        metrics.nrc2(H, W),
-        metrics.nrc3(W, sigma, gamma),
-    ])
+    return jnp.stack([jnp.asarray(it, H.dtype), loss_value, metrics.nrc1(H, W.shape[0]), metrics.nrc2(H, W),
+                      metrics.nrc3(W, sigma, gamma)])
 
 
 def _ipalm(x0, step, loss_fn, record, tol, atol, max_iters, log_every, momentum, history):
@@ -451,21 +442,21 @@ def _gradient_descent(targets, lam_h, lam_w, H, W, tol, atol, *, max_iters, log_
 
 
 def gradient_descent(
-    targets: Array, lam_h: float, lam_w: float, d: int, key: Array, **options: Any
+    targets: Array, lam_h: float, lam_w: float, d: int, key: Array, options: Mapping[str, Any], *,
+    H0: Array | None = None, W0: Array | None = None,
 ) -> tuple[Array, Array, Array, dict[str, Array]]:
     """Minimize the UFM loss from a random start by inertial alternating gradient steps.
 
     targets (M, n); lam_h, lam_w >= 0; d >= n the feature width; `key` draws the start
-    (H (M, d) and W (n, d) with i.i.d. N(0, init_scale^2 / d) entries, b optimal for them).
-    `options` override `GD_DEFAULTS` (max_iters, tol, atol, log_every, init_scale, momentum,
-    balance), or pass `H0`/`W0` to start from given arrays.
+    (H (M, d) and W (n, d) with i.i.d. N(0, init_scale^2 / d) entries, b optimal for them) unless
+    `H0`/`W0` give it. `options` holds every name of `SOLVER_OPTIONS` (max_iters, tol, atol,
+    log_every, init_scale, momentum, balance; configs/ufm.py's `solver_config()` gives defaults).
 
-    Method (see the comment above `GD_DEFAULTS`): block gradient steps with Lipschitz step sizes,
-    momentum with restarts, b in closed form. For concrete lam_h, lam_w > 0 with balance=True (the
-    default) each sweep ends with the exact balancing move (`balance`), and the iteration runs on
-    the n-dimensional row space of the random W0, where it stays: about 40-1,300 iterations and a
-    few CPU seconds for M=1000, n=8, d=512 at lambdas in [1e-4, 1] (benchmarks/ufm_gd.py). The first
-    move already puts H in the row space of W, so NRC1/NRC2 in `history` are ~0 from the second
+    Method (see the comment above `SOLVER_OPTIONS`): block gradient steps with Lipschitz step sizes,
+    momentum with restarts, b in closed form. For concrete lam_h, lam_w > 0 with balance=True each
+    sweep ends with the exact balancing move (`balance`) and the iteration runs on the n-dimensional
+    row space of the random W0, where it stays (about 40-1,300 iterations for M=1000, n=8, d=512 at
+    lambdas in [1e-4, 1], benchmarks/ufm_gd.py), so NRC1/NRC2 in `history` are ~0 from the second
     entry on. Otherwise (a lambda of 0, traced lambdas, or balance=False) plain steps run in full
     dimension; at lam_h = lam_w = 0 the random start's part of H outside W's row space is kept.
 
@@ -479,20 +470,10 @@ def gradient_descent(
     M, n = targets.shape
     d = _width_arg(d, n)
     _lambdas_arg(lam_h, lam_w)
-    unknown = set(options) - set(GD_DEFAULTS) - {"H0", "W0"}
-    if unknown:
-        raise ConfigError(f"unknown gradient_descent option(s) {sorted(unknown)}; "
-                          f"known: {sorted(GD_DEFAULTS) + ['H0', 'W0']}")
-    opts = {**GD_DEFAULTS, **options}
-    for name in ("max_iters", "log_every"):
-        count_arg(name, opts[name], 1, None, "iterations")
-    for name in ("tol", "atol", "init_scale"):
-        nonnegative_scalar_arg(name, opts[name])
+    opts = _solver_options_arg(options)
     dtype = targets.dtype
     key_h, key_w = jax.random.split(key)
     scale = opts["init_scale"] / np.sqrt(d)
-    H0 = opts.get("H0")
-    W0 = opts.get("W0")
     for name, given, shape in (("H0", H0, (M, d)), ("W0", W0, (n, d))):
         if given is not None and tuple(np.shape(given)) != shape:
             raise DataError(f"{name} must have shape {shape} for targets {(M, n)} and d={d}; "
@@ -513,4 +494,4 @@ def gradient_descent(
 if __name__ == "__main__":
     from nrc_jax import ufm_study  # matplotlib and absl stay out of the library import
 
-    ufm_study.main()
+    raise SystemExit(ufm_study.main())

@@ -96,7 +96,7 @@ def solve_point(targets, sigma, ratio: float, lambda_min: float, d: int, key,
     opt = ufm.optimum(targets, lam, lam)
     cf = ufm.closed_form(targets, lam, lam, d, key_cf)
     start = time.perf_counter()
-    H, W, b, history = ufm.gradient_descent(targets, lam, lam, d, key_gd, **gd_options)
+    H, W, b, history = ufm.gradient_descent(targets, lam, lam, d, key_gd, gd_options)
     jax.block_until_ready(H)
     elapsed = time.perf_counter() - start
     wwt_opt = opt["wwt"]
@@ -252,6 +252,14 @@ def _check_config(config: ml_collections.ConfigDict, n: int) -> None:
                           f"{tuple(config.ratios)}")
 
 
+def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The sweep's `ufm.gradient_descent` options: configs/ufm.py's `solver_config()` (the solver's
+    defaults) with the study's `gd` changes."""
+    from nrc_jax.config_files import repository_config
+
+    return {**repository_config("ufm").solver_config(), **config.gd}
+
+
 def run_study(config: ml_collections.ConfigDict) -> dict:
     """Run the sweep, write the figures and tables to `config.out_dir`; returns the summary dict."""
     with jax.enable_x64(True):
@@ -266,7 +274,7 @@ def _run_study(config: ml_collections.ConfigDict) -> dict:
     stats = {k: np.asarray(v) for k, v in metrics.target_stats(targets).items()}
     lambda_min = float(stats["lambda_min"])
     d = int(config.d)
-    gd_options = dict(config.gd)
+    gd_options = solver_options(config)
     key = jax.random.key(int(config.seed))
     os.makedirs(config.out_dir, exist_ok=True)
     print(f"UFM study: targets={config.targets} M={M} n={n} d={d} eigenvalues="
@@ -283,10 +291,10 @@ def _run_study(config: ml_collections.ConfigDict) -> dict:
     plain_opts = {**gd_options, **dict(config.trajectory), "tol": 0.0, "atol": 0.0,
                   "max_iters": int(config.zero_lambda_iters)}
     _, _, _, plain_history = ufm.gradient_descent(targets, shown["lam"], shown["lam"], d,
-                                                  jax.random.fold_in(key, 10**6 + 1), **plain_opts)
+                                                  jax.random.fold_in(key, 10**6 + 1), plain_opts)
     plain = _history_lists(plain_history)
     _, _, _, zero_history = ufm.gradient_descent(targets, 0.0, 0.0, d,
-                                                 jax.random.fold_in(key, 10**6), **plain_opts)
+                                                 jax.random.fold_in(key, 10**6), plain_opts)
     zero = _history_lists(zero_history)
     print(f"  plain GD at lam={shown['lam']:.3g}: {int(plain_history['iterations'])} iters, final loss gap "
           f"{plain['loss'][-1] - shown['loss_opt']:.2e}, NRC1 {plain['nrc1'][-1]:.2e}, NRC2 {plain['nrc2'][-1]:.2e}",
@@ -314,23 +322,20 @@ def _run_study(config: ml_collections.ConfigDict) -> dict:
     return summary
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: `python -m nrc_jax.ufm --config=configs/ufm.py [--config.x=y ...]`."""
-    from absl import app, flags, logging
-    from ml_collections import config_flags
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: `python -m nrc_jax.ufm [--config=configs/ufm.py[:quick]] [--config.x=y ...]`;
+    `argv` without the program name (default: sys.argv[1:]). Returns the exit status."""
+    from absl import logging
 
-    config_flag = config_flags.DEFINE_config_file(
-        "config", "configs/ufm.py", "Path to the UFM study config.", lock_config=True)
+    from nrc_jax import cli
+    from nrc_jax.config_files import repository_config_path
 
-    def run(args: list[str]) -> None:
-        if len(args) > 1:
-            raise app.UsageError(f"unexpected arguments: {args[1:]}")
-        if not flags.FLAGS["verbosity"].present:
-            logging.set_verbosity(logging.WARNING)
-        try:
-            run_study(config_flag.value)
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    app.run(run, argv=list(argv) if argv is not None else None)
+    fv, _ = cli.parse(argv, lambda fv: None, prog="python -m nrc_jax.ufm", usage="[--config=configs/ufm.py[:quick]] "
+                      "[--config.x=y ...]", doc=__doc__, config=repository_config_path("ufm"))
+    logging.set_verbosity(logging.WARNING)
+    try:
+        run_study(fv["config"].value)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -60,8 +60,8 @@ def test_tools_parse_in_one_process_without_flag_clashes():
 
     assert plot.parse_args(["w1", "w2", "--out", "o", "--table-from-data", "swimmer", "hopper"]).table_from_data \
         == ["swimmer", "hopper"]
-    assert reproduce.parse_args(["--only", "wd_hopper", "ufm_study", "--epochs-scale=0.5"]).only \
-        == ["wd_hopper", "ufm_study"]
+    args = reproduce.parse_args(["--only", "wd_hopper", "ufm_study", "--config.epochs_scale=0.5"])
+    assert args.only == ["wd_hopper", "ufm_study"] and args.config.epochs_scale == 0.5
     args = data_cli.parse_args(["describe", "npz", "--path", "d.npz", "--set", "seed=1", "--set", "train_size=5"])
     assert (args.command, args.name, args.path, args.set) == ("describe", "npz", "d.npz", ["seed=1", "train_size=5"])
     with pytest.raises(SystemExit):

@@ -202,8 +202,10 @@ def test_file_urls_are_local_paths():
 
 def test_studies_and_reproduce_find_the_configs_from_another_directory(tmp_path):
     script = ("from nrc_jax import reproduce, studies\n"
-              "print(studies.study_config('swimmer', epochs=10).train.epochs,"
-              " reproduce.load_config_module('paper').get_config('fig2_swimmer,quick').data.name)\n")
+              f"config = studies.parse_args(['--config={ROOT}/configs/studies.py:multitask',"
+              " '--config.run.train.epochs=10']).config\n"
+              "print(studies.run_config(config).train.epochs,"
+              " reproduce.parse_args([]).config.stages.wd_swimmer.config.data.name)\n")
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=outside_env(tmp_path),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

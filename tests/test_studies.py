@@ -1,5 +1,5 @@
 """nrc_jax.studies (target preprocessing, single- vs multi-task) on a tiny data set made here, the
-UFM predictions against a numpy recomputation, and the CLI's user errors."""
+UFM predictions against a numpy recomputation, configs/studies.py and the CLI's user errors."""
 import json
 import os
 
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from nrc_jax import studies, writers
+from nrc_jax.config_files import repository_config
 
 LAMBDAS = (0.3, 1.0)
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "studies.py")
 
 
 def np_ufm_mse(y, c):
@@ -28,10 +30,26 @@ def npz_path(tmp_path_factory):
     return path
 
 
-def tiny_study_config(npz_path):
-    config = studies.study_config("npz", epochs=3, widths=(8,), lr=1e-2, batch_size=40)
-    config.data.path = npz_path
+def tiny_study_config(npz_path, study):
+    config = repository_config("studies").get_config(study)
+    config.run.data.update(name="npz", path=npz_path)
+    config.run.model.widths = (8,)
+    config.run.optim.lr = 1e-2
+    config.run.train.update(epochs=3, batch_size=40)
+    config.lambdas = LAMBDAS
     return config
+
+
+def test_the_run_config_follows_its_epochs():
+    """Ten evaluations and a checkpoint at the end, also after --config.run.train.epochs=N."""
+    run = studies.run_config(repository_config("studies").get_config("multitask"))
+    assert (run.data.name, run.optim.name, run.optim.lr, run.train.batch_size, run.mesh.num_devices) == \
+        ("swimmer", "adam", 1e-3, 1000, 1)
+    assert (run.train.epochs, run.train.eval_every, run.train.checkpoint_every) == (2000, 200, 2000)
+    for epochs, every in ((1500, 150), (15, 1), (3, 1)):
+        config = studies.parse_args([f"--config={CONFIG}:preprocessing", f"--config.run.train.epochs={epochs}"]).config
+        train = studies.run_config(config).train
+        assert (train.epochs, train.eval_every, train.checkpoint_every) == (epochs, every, epochs)
 
 
 def test_ufm_mse_is_the_closed_form():
@@ -47,19 +65,22 @@ def test_weight_decay_mapping_is_labelled_approximate():
     member = {"weight_decay": 0.3, "lambda_h": 0.0, "lambda_w": 0.0}
     predicted, mapping = studies.member_prediction(y, member, "weight_decay")
     assert mapping.startswith("approx") and predicted == pytest.approx(np_ufm_mse(y, 0.09), rel=1e-9)
-    assert studies.with_weight_decay_sweep(studies.study_config(), (0.1, 0.0)).sweep.weight_decay == (0.1, 0.0)
+    run = studies.run_config(repository_config("studies").get_config("multitask"))
+    assert studies.with_weight_decay_sweep(run, (0.1, 0.0)).sweep.weight_decay == (0.1, 0.0)
 
 
 def test_preprocessing_study_rows(npz_path, tmp_path):
     from nrc_jax.data import load_dataset
 
-    config = tiny_study_config(npz_path)
-    result = studies.preprocessing_study(config, str(tmp_path), transforms=("zca",), lambdas=LAMBDAS)
+    config = tiny_study_config(npz_path, "preprocessing")
+    config.transforms = ("zca",)
+    result = studies.preprocessing_study(config, str(tmp_path))
     rows = result["rows"]
     assert [(r["transform"], r["regularizer"]) for r in rows] == [("zca", "ufm"), ("zca", "ufm")]
     for r in rows:
-        config.data.target_transform = r["transform"]
-        y = load_dataset(config.data).y_train
+        data = studies.run_config(config).data
+        data.target_transform = r["transform"]
+        y = load_dataset(data).y_train
         assert r["predicted_mse"] == pytest.approx(np_ufm_mse(y, r["c"]), rel=1e-6)
         workdir = tmp_path / "preprocessing" / f"{r['transform']}_{r['regularizer']}"
         final = [row for row in writers.read_metrics(str(workdir)) if row["sweep"] == r["sweep"]][-1]
@@ -77,8 +98,7 @@ def test_preprocessing_study_rows(npz_path, tmp_path):
 
 
 def test_multitask_study_rows(npz_path, tmp_path):
-    config = tiny_study_config(npz_path)
-    result = studies.multitask_study(config, str(tmp_path), lambdas=LAMBDAS)
+    result = studies.multitask_study(tiny_study_config(npz_path, "multitask"), str(tmp_path))
     y = np.load(npz_path)["y_train"].astype(np.float64)
     assert len(result["rows"]) == len(LAMBDAS)
     for r, lam in zip(result["rows"], LAMBDAS):
@@ -98,11 +118,19 @@ def test_multitask_study_rows(npz_path, tmp_path):
 
 
 def test_cli_user_errors_exit_2(capsys, tmp_path):
-    assert studies.main(["multitask", "--lambdas", "a,b", "--out", str(tmp_path)]) == 2
-    assert "comma-separated numbers" in capsys.readouterr().err
-    assert studies.main(["preprocessing", "--dataset", "nope", "--epochs", "2", "--out", str(tmp_path),
-                         "--workdir", str(tmp_path / "w")]) == 2
+    for argv, text in ((["--config.run.train.epoch=5"], "no field 'epoch'"), ([], "--config is required"),
+                       (["--config.run.train.epochs=ten"], "--config.run.train.epochs=ten")):
+        with pytest.raises(SystemExit) as exit_info:
+            studies.main(([f"--config={CONFIG}:multitask"] if argv else []) + argv + ["--out", str(tmp_path)])
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith("error: ") and text in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert studies.main([f"--config={CONFIG}:multitask", "--config.lambdas=a,b", "--out", str(tmp_path)]) == 2
+    assert "lambdas must be numbers >= 0" in capsys.readouterr().err
+    assert studies.main([f"--config={CONFIG}:preprocessing", "--config.run.data.name=nope", "--config.run.train.epochs=2",
+                         "--out", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown data set 'nope'") and "Traceback" not in err
-    assert studies.main(["preprocessing", "--lambdas", "", "--decays", "", "--out", str(tmp_path)]) == 2
+    assert studies.main([f"--config={CONFIG}:preprocessing", "--config.lambdas=()", "--config.decays=()",
+                         "--out", str(tmp_path)]) == 2
     assert "nothing to run" in capsys.readouterr().err

@@ -16,12 +16,14 @@ import numpy as np
 import pytest
 
 from nrc_jax import ufm, ufm_study
+from nrc_jax.config_files import repository_config
 from nrc_jax.errors import ConfigError, DataError
 
 import reference_numpy as ref
 
 M, N, D = 40, 3, 6
-ZERO_OPTIONS = {"max_iters": 3_000, "log_every": 100, "tol": 0.0}  # lambda = 0: fixed iterations
+SOLVER = repository_config("ufm").solver_config().to_dict()  # the solver's defaults
+ZERO_OPTIONS = {**SOLVER, "max_iters": 3_000, "log_every": 100, "tol": 0.0}  # lambda = 0: fixed iterations
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -145,7 +147,7 @@ def test_nrc_vanishes_at_the_optimum():
 def test_gradient_descent_reaches_the_optimum(seed, lam_h, lam_w):
     Y = jnp.asarray(_targets(10 + seed))
     opt = ufm.optimum(Y, lam_h, lam_w)
-    H, W, b, history = ufm.gradient_descent(Y, lam_h, lam_w, D, jax.random.key(seed))  # defaults
+    H, W, b, history = ufm.gradient_descent(Y, lam_h, lam_w, D, jax.random.key(seed), SOLVER)
     assert bool(history["converged"])
     gd_loss = float(ufm.loss(H, W, b, Y, lam_h, lam_w))
     assert gd_loss - float(opt["loss"]) <= 1e-6 * float(opt["loss"])
@@ -162,7 +164,7 @@ def test_gradient_descent_reaches_the_optimum(seed, lam_h, lam_w):
 
 def test_gradient_descent_without_penalty_does_not_collapse():
     Y = jnp.asarray(_targets(20))
-    H, W, b, history = ufm.gradient_descent(Y, 0.0, 0.0, D, jax.random.key(7), **ZERO_OPTIONS)
+    H, W, b, history = ufm.gradient_descent(Y, 0.0, 0.0, D, jax.random.key(7), ZERO_OPTIONS)
     assert int(history["iterations"]) == ZERO_OPTIONS["max_iters"]
     assert float(ufm.loss(H, W, b, Y, 0.0, 0.0)) < 1e-10  # the targets are fit exactly ...
     H, W = np.asarray(H), np.asarray(W)
@@ -208,8 +210,8 @@ def test_gradient_descent_plain_branch_with_balance_off():
     Y = jnp.asarray(_targets(30))
     lam = 0.3
     opt = ufm.optimum(Y, lam, lam)
-    H, W, b, history = ufm.gradient_descent(Y, lam, lam, D, jax.random.key(1), balance=False,
-                                            **{k: v for k, v in ZERO_OPTIONS.items() if k != "tol"})
+    H, W, b, history = ufm.gradient_descent(Y, lam, lam, D, jax.random.key(1),
+                                            {**ZERO_OPTIONS, "tol": SOLVER["tol"], "balance": False})
     assert bool(history["converged"])
     gd_loss = float(ufm.loss(H, W, b, Y, lam, lam))
     assert float(opt["loss"]) * (1 - 1e-12) <= gd_loss <= float(opt["loss"]) * (1 + 1e-6)
@@ -229,11 +231,11 @@ def test_bad_input_is_named_before_compiling():
     Y = _targets(0)
     key = jax.random.key(0)
     with pytest.raises(ConfigError, match=r"d=2, n=3"):
-        ufm.gradient_descent(Y, 0.1, 0.1, 2, key)
+        ufm.gradient_descent(Y, 0.1, 0.1, 2, key, SOLVER)
     with pytest.raises(ConfigError, match="lam_w"):
         ufm.closed_form(Y, 0.1, -1.0, D, key)
     with pytest.raises(ConfigError, match="lam_h"):
-        ufm.gradient_descent(Y, float("nan"), 0.1, D, key)
+        ufm.gradient_descent(Y, float("nan"), 0.1, D, key, SOLVER)
     bad = Y.copy()
     bad[3, 1] = np.inf
     with pytest.raises(DataError, match=r"targets \(shape \(40, 3\)\) contains non-finite values"):
@@ -242,29 +244,26 @@ def test_bad_input_is_named_before_compiling():
         ufm.optimum(Y[:, 0], 0.1, 0.1)
     with pytest.raises(DataError, match=r"H \(40, 6\), W \(2, 6\)"):
         ufm.loss(np.zeros((M, D)), np.zeros((2, D)), np.zeros(N), Y, 0.1, 0.1)
-    with pytest.raises(ConfigError, match="unknown gradient_descent option"):
-        ufm.gradient_descent(Y, 0.1, 0.1, D, key, step_size=0.1)
+    with pytest.raises(ConfigError, match=r"unknown \['step_size'\]"):
+        ufm.gradient_descent(Y, 0.1, 0.1, D, key, {**SOLVER, "step_size": 0.1})
+    with pytest.raises(ConfigError, match=r"missing \['atol', 'tol'\]"):
+        ufm.gradient_descent(Y, 0.1, 0.1, D, key, {k: v for k, v in SOLVER.items() if not k.endswith("tol")})
     with pytest.raises(DataError, match=r"W0 must have shape \(3, 6\)"):
-        ufm.gradient_descent(Y, 0.1, 0.1, D, key, W0=np.zeros((3, 5)))
+        ufm.gradient_descent(Y, 0.1, 0.1, D, key, SOLVER, W0=np.zeros((3, 5)))
     with pytest.raises(ConfigError, match="max_iters"):
-        ufm.gradient_descent(Y, 0.1, 0.1, D, key, max_iters=0)
+        ufm.gradient_descent(Y, 0.1, 0.1, D, key, {**SOLVER, "max_iters": 0})
 
 
 def _tiny_study_config(out_dir) -> ml_collections.ConfigDict:
     """Same shapes as the tests above; the lambda = 0 run has the same options (no new compile)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("ufm_config", os.path.join(REPO, "configs", "ufm.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config("quick")
+    config = repository_config("ufm").get_config("quick")
     config.out_dir = str(out_dir)
     config.synthetic.num_samples = M
     config.synthetic.eigenvalues = (2.0, 0.7, 0.2)
     config.d = D
     config.ratios = (0.1, 2.0, 20.0)
     config.trajectory_ratio = 0.1
-    config.gd = ml_collections.ConfigDict(dict(ufm.GD_DEFAULTS))  # reuses the penalized compile
+    config.gd = ml_collections.ConfigDict(SOLVER)  # reuses the penalized compile
     config.gd.log_every = ZERO_OPTIONS["log_every"]
     config.zero_lambda_iters = ZERO_OPTIONS["max_iters"]  # ... and the lambda = 0 one
     return config
