@@ -34,7 +34,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Sweep points c / lambda_min. Avoid exact eigenvalue ratios (here 1, 4 and 10): there a
     # direction switches off, the optimum is degenerate and first-order convergence is sublinear.
     config.ratios = (1e-3, 1e-2, 0.1, 0.3, 0.6, 1.5, 2.5, 6.0, 15.0, 40.0)
-    # The solver options the sweep's solves change (the others keep their `solver_config()` values).
+    # The sweep's solver options over `solver_config()` (tol and init_scale at its values, here so that
+    # --config.gd.tol=... can change them; atol, momentum and balance keep theirs).
     solver = solver_config()
     config.gd = ml_collections.ConfigDict({"max_iters": 10_000, "tol": solver.tol, "log_every": 10,
                                            "init_scale": solver.init_scale})

@@ -20,7 +20,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import pathlib
 import shutil
 import sys

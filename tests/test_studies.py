@@ -40,6 +40,11 @@ def tiny_study_config(npz_path, study):
     return config
 
 
+def test_unknown_study_is_refused():
+    with pytest.raises(ValueError, match="configs/studies.py: unknown argument 'nope'"):
+        repository_config("studies").get_config("nope")
+
+
 def test_the_run_config_follows_its_epochs():
     """Ten evaluations and a checkpoint at the end, also after --config.run.train.epochs=N."""
     run = studies.run_config(repository_config("studies").get_config("multitask"))
