@@ -306,7 +306,7 @@ class Engine:
 
 def make_engine(size: Size, num_members: int = 1, overrides: dict[str, Any] | None = None) -> Engine:
     import torch_reference  # for its random data: the reference trains on the same arrays
-    from nrc_jax import train, writers
+    from nrc_jax import sweeps, train
     from nrc_jax.data import RegressionData
 
     config = mlp_config({"train.eval_every": EVAL_EVERY, **(overrides or {})})
@@ -316,7 +316,7 @@ def make_engine(size: Size, num_members: int = 1, overrides: dict[str, Any] | No
     mesh = train.make_mesh(-1)  # one CPU device unless XLA_FLAGS forces more (an env variant)
     trainer = train.Trainer(config, mesh, data.input_shape, data.target_dim)
     device_data = train.put_data(data, mesh, config.train.eval_chunk)
-    return Engine(trainer, device_data, trainer.create_state(writers.sweep_members(config)), num_members)
+    return Engine(trainer, device_data, trainer.create_state(sweeps.sweep_members(config)), num_members)
 
 
 def marginal_epoch(engine: Engine, short: int, long: int, repeats: int) -> dict[str, float]:

@@ -130,13 +130,13 @@ def jax_runs(dataset: str, seeds: list[int], epochs: int, every: int, workdir: s
     import jax
     import jax.numpy as jnp
 
-    from nrc_jax import models, train, writers
+    from nrc_jax import models, sweeps, train
 
     config = jax_config(dataset, seeds, epochs, every)
     data = train.load_dataset(config.data)
     mesh = train.make_mesh(1)
     trainer = train.get_trainer(config, mesh, data.input_shape, data.target_dim)
-    members = writers.sweep_members(config)
+    members = sweeps.sweep_members(config)
     state = trainer.create_state(members)
     device_data = train.put_data(data, mesh, config.train.eval_chunk)
     out: dict[int, list[dict]] = {s: [] for s in seeds}

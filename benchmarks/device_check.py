@@ -117,7 +117,7 @@ def random_data(size: bench.Size, seed: int = 0):
 
 def make_engine(size: bench.Size, num_members: int) -> bench.Engine:
     """configs/mlp.py's trainer with `num_members` sweep members on one device, data on the device."""
-    from nrc_jax import train, writers
+    from nrc_jax import sweeps, train
 
     config = bench.mlp_config({"train.eval_every": bench.EVAL_EVERY})
     if num_members > 1:
@@ -126,7 +126,7 @@ def make_engine(size: bench.Size, num_members: int) -> bench.Engine:
     mesh = train.make_mesh(1)
     trainer = train.Trainer(config, mesh, data.input_shape, data.target_dim)
     return bench.Engine(trainer, train.put_data(data, mesh, config.train.eval_chunk),
-                        trainer.create_state(writers.sweep_members(config)), num_members)
+                        trainer.create_state(sweeps.sweep_members(config)), num_members)
 
 
 def chunk_lengths(engine: bench.Engine, target_s: float) -> tuple[int, int]:

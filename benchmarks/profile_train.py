@@ -63,10 +63,10 @@ VARIANTS = {  # per-executable XLA options (jax.jit(compiler_options=...)), comp
 
 def profile(size: str, overrides: dict, repeats: int, epochs: tuple[int, int], variants: list[str]) -> dict:
     """{variant: timings}; the variants' chunks are interleaved, so load drifts hit them alike."""
-    from nrc_jax import train, writers
+    from nrc_jax import sweeps, train
     config = mlp_config(overrides)
     data = random_data(size, *SIZES[size])
-    members = writers.sweep_members(config)
+    members = sweeps.sweep_members(config)
     trainers, device_data, fns, evals, states = {}, {}, {}, {}, {}
     for v in variants:
         mesh = train.make_mesh(2 if v.startswith("mesh of 2") else 1)
@@ -136,12 +136,12 @@ def op_breakdown(size: str, overrides: dict, epochs: int, top: int = 20) -> None
     import glob
     import re
     import tempfile
-    from nrc_jax import train, writers
+    from nrc_jax import sweeps, train
     config = mlp_config(overrides)
     data = random_data(size, *SIZES[size])
     trainer = train.Trainer(config, train.make_mesh(1), data.input_shape, data.target_dim)
     device_data = train.put_data(data, trainer.mesh, config.train.eval_chunk)
-    state = trainer.create_state(writers.sweep_members(config))
+    state = trainer.create_state(sweeps.sweep_members(config))
     n = jnp.asarray(epochs, jnp.int32)
     hlo = trainer.train_chunk.lower(state, device_data, n).compile().as_text()
     origin = {m.group(1): _short_op_name(m.group(2)) for m in

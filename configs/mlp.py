@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax import models, optim, writers
+from nrc_jax import models, optim, sweeps
 from nrc_jax.data import default_data_config
 
 
@@ -42,7 +42,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         "per_layer": False,         # also keep every hidden layer's features (inspect --export)
         "pca_iters": 10,            # 0: NRC1 from a full eigh; >0: warm-started subspace iterations (agrees with eigh to ~1e-6 in training, 10x cheaper)
     })
-    config.sweep = writers.default_sweep_config()
+    config.sweep = sweeps.default_sweep_config()
     config.mesh = ml_collections.ConfigDict({
         "num_devices": -1,          # -1: every device of every process
         "member_devices": 1,        # devices along the mesh's 'members' axis: each group trains K / this many sweep members

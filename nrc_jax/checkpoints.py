@@ -135,7 +135,7 @@ class Checkpoints:
     def save(self, epoch: int, state: Any, history: list[dict] | None = None) -> None:
         """Starts an async save of `state` at step `epoch` (returns once arrays are copied off device).
 
-        `history`: the metrics rows logged so far, strict JSON (`writers.rows_to_json`; not mutated later).
+        `history`: the metrics rows logged so far, strict JSON (`run_files.rows_to_json`; not mutated later).
         Raises DiskFullError, before writing anything, when the disk lacks room for the checkpoint.
         """
         self.needed_bytes = checkpoint_bytes(state, history)

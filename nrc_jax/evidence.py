@@ -25,8 +25,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nrc_jax import writers
+from nrc_jax import run_files
 from nrc_jax.errors import DataError, UserError
+from nrc_jax.sweeps import member_label
 
 MAX_ROWS = 1000
 RUN_FILE = "run.json"
@@ -64,29 +65,26 @@ def _read_json(path: pathlib.Path) -> Any:
 def collect(workdir: str, out: str, max_rows: int = MAX_ROWS) -> dict:
     """Copies the compact evidence of `workdir` into `out`; returns the run.json dict."""
     src, dst = pathlib.Path(workdir), pathlib.Path(out)
-    if not (src / writers.METRICS_FILE).is_file():
-        raise DataError(f"no {writers.METRICS_FILE} in {src} (--collect must name a training workdir)")
-    rows = writers.read_metrics(str(src))
-    members = sorted({r["sweep_index"] for r in rows})
-    keep = set(kept_epochs([r["epoch"] for r in rows], max(max_rows // max(len(members), 1), 2)))
+    files = run_files.load(src)
+    if not (src / run_files.CONFIG_FILE).is_file():
+        raise DataError(f"no {run_files.CONFIG_FILE} in {src} (--collect must name a training workdir)")
+    rows = files.rows
+    keep = set(kept_epochs([r["epoch"] for r in rows], max(max_rows // max(len(files.members), 1), 2)))
     dst.mkdir(parents=True, exist_ok=True)
     thinned = [r for r in rows if r["epoch"] in keep]
-    (dst / writers.METRICS_FILE).write_text("".join(writers.json_line(r) for r in thinned))
-    shutil.copyfile(src / writers.CONFIG_FILE, dst / writers.CONFIG_FILE)
-    summary_path = src / writers.SUMMARY_FILE
-    finished = summary_path.is_file()
-    if finished:
-        summary = _read_json(summary_path)
+    (dst / run_files.METRICS_FILE).write_text("".join(run_files.json_line(r) for r in thinned))
+    shutil.copyfile(src / run_files.CONFIG_FILE, dst / run_files.CONFIG_FILE)
+    if files.finished:
+        summary = files.summary
         for member in summary.get("members", []):
             pairs = [(e, v) for e, v in zip(member.get("epochs", []), member.get("nrc3_over_epochs", [])) if e in keep]
             member["epochs"], member["nrc3_over_epochs"] = [p[0] for p in pairs], [p[1] for p in pairs]
-        (dst / writers.SUMMARY_FILE).write_text(json.dumps(summary))
-    elif (dst / writers.SUMMARY_FILE).exists():
-        (dst / writers.SUMMARY_FILE).unlink()  # a stale summary of an earlier collection
-    config = _read_json(src / writers.CONFIG_FILE)
-    run = {"source": str(src), "epochs_done": max(r["epoch"] for r in rows),
-           "epochs_planned": config.get("train", {}).get("epochs"), "finished": finished,
-           "wall_s": max(r.get("time_s") or 0.0 for r in rows), "rows": len(rows), "rows_kept": len(thinned)}
+        (dst / run_files.SUMMARY_FILE).write_text(json.dumps(summary))
+    elif (dst / run_files.SUMMARY_FILE).exists():
+        (dst / run_files.SUMMARY_FILE).unlink()  # a stale summary of an earlier collection
+    run = {"source": str(src), "epochs_done": files.epochs_done,
+           "epochs_planned": files.config.get("train", {}).get("epochs"), "finished": files.finished,
+           "wall_s": files.wall_s, "rows": len(rows), "rows_kept": len(thinned)}
     (dst / RUN_FILE).write_text(json.dumps(run, indent=1) + "\n")
     return run
 
@@ -117,13 +115,11 @@ def _decades(rows: list[dict], key: str) -> float | None:
 def run_table(folder: pathlib.Path) -> list[str]:
     """The claims-table lines of one collected folder (a row per sweep member)."""
     run = _read_json(folder / RUN_FILE)
-    rows = writers.read_metrics(str(folder))
     lines = []
-    for index in sorted({r["sweep_index"] for r in rows}):
-        mine = [r for r in rows if r["sweep_index"] == index]
+    for mine in run_files.load(folder).members.values():
         n = len(mine[-1].get("wwt") or [[0]])
         final = _final_values(mine, n)
-        label = writers.member_label({"sweep": mine[-1]["sweep"]})
+        label = member_label(mine[-1])
         done = f"{run['epochs_done']:,}/{run['epochs_planned']:,}" + ("" if run["finished"] else " (running)")
         decades = " / ".join(_fmt(_decades(mine, key)) for key in DECADE_KEYS)
         gamma = mine[-1].get("nrc3_gamma") or mine[-1].get("nrc3_epoch_best_gamma")

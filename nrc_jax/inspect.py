@@ -22,13 +22,13 @@ import numpy as np
 def _load_config(workdir: str):
     import ml_collections
 
+    from nrc_jax import run_files
     from nrc_jax.errors import DataError
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise DataError(f"{workdir} is not a run directory: no config.json in it")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    config = run_files.read_config(workdir)
+    if config is None:
+        raise DataError(f"{workdir} is not a run directory: no {run_files.CONFIG_FILE} in it")
+    return ml_collections.ConfigDict(config)
 
 
 def _tuples(config):
@@ -55,7 +55,7 @@ def _reason(error: Exception) -> str:
 def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
     """The run at `step` (default: the newest readable step): config, steps, meta, host state, rows,
     the Trainer and `skipped`, [(step, reason)] of newer steps that failed to read."""
-    from nrc_jax import checkpoints, writers
+    from nrc_jax import checkpoints, run_files
     from nrc_jax.errors import DataError
 
     config = _tuples(_load_config(workdir))
@@ -79,7 +79,7 @@ def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
             raise DataError(f"no readable checkpoint in {ckpt.directory} ({tried})")
     finally:
         ckpt.close()
-    rows = writers.read_metrics(workdir)
+    rows = run_files.read_metrics(workdir)
     return {"config": config, "steps": steps, "step": step, "meta": meta, "state": state,
             "trainer": trainer, "rows": rows, "skipped": skipped}
 

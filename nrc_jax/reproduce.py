@@ -226,14 +226,16 @@ def sweep_label(sweep: dict) -> str:
 
 def training_rows(workdir: pathlib.Path) -> list[dict]:
     """Per sweep member of a training workdir: the first and final logged metrics and the summary."""
-    from nrc_jax import writers
+    from nrc_jax import run_files
+    from nrc_jax.errors import DataError
 
-    rows = writers.read_metrics(str(workdir))
-    summary = json.loads((workdir / writers.SUMMARY_FILE).read_text())
-    config = json.loads((workdir / writers.CONFIG_FILE).read_text())
+    run = run_files.load(workdir)
+    if not run.finished:
+        raise DataError(f"{workdir} has no {run_files.SUMMARY_FILE}: the run did not finish")
+    config, by_member = run.config, run.members
     out = []
-    for member in summary["members"]:
-        own = [r for r in rows if r["sweep_index"] == member["sweep_index"]]
+    for member in run.summary["members"]:
+        own = by_member[member["sweep_index"]]
         first, final = own[0], own[-1]
         n = len(final["wwt"])
         out.append({"dataset": config["data"]["name"], "label": sweep_label(member["sweep"]),

@@ -98,11 +98,11 @@ def member_prediction(targets: np.ndarray, member: dict, regularizer: str) -> tu
 def _run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains `config` in `workdir` (resuming a finished run costs nothing) and returns the final
     row of every sweep member with its swept values filled in."""
-    from nrc_jax import train, writers
+    from nrc_jax import sweeps, train
 
     out = train.train_and_evaluate(config, workdir)
-    members = writers.sweep_members(config)
-    return [{**row, "member": {k: members[i][k] for k in writers.SWEEP_FIELDS}}
+    members = sweeps.sweep_members(config)
+    return [{**row, "member": {k: members[i][k] for k in sweeps.SWEEP_FIELDS}}
             for i, row in enumerate(out["members"])]
 
 

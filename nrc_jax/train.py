@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, deep, distributed, locking, metrics, models, optim, validate, writers
+from nrc_jax import checkpoints, deep, distributed, locking, metrics, models, optim, run_files, sweeps, validate, writers
 from nrc_jax.data import RegressionData, load_dataset
 from nrc_jax.errors import ConfigError, DivergenceError
 
@@ -451,7 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """`train_and_evaluate` once the config is valid and the workdir locked."""
-    members = writers.sweep_members(config)
+    members = sweeps.sweep_members(config)
     data = load_dataset(config.data)
     validate.validate_data(config, data)
     if data.streamed:  # larger than data.max_in_memory_mb: minibatches streamed from the host
@@ -505,7 +505,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 pending, previous = (out, previous), epoch
                 if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs or stop.requested:
                     rows, pending = collect(*pending), None  # a state is saved only once its rows are checked
-                    ckpt.save(epoch, state, writers.rows_to_json(log.history))
+                    ckpt.save(epoch, state, run_files.rows_to_json(log.history))
                 if stop.requested:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {epoch}; checkpoint saved")
         if pending is not None:

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, metrics, models, optim, train, writers
+from nrc_jax import checkpoints, metrics, models, optim, run_files, sweeps, train, writers
 from nrc_jax.data import RegressionData
 from nrc_jax.data.base import setting
 from nrc_jax.data.batches import epoch_order, iterate_batches
@@ -284,7 +284,7 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
         raise ConfigError(f"metrics.per_layer=True is not supported for data set {data.name!r}, which is "
                           "streamed from the host (larger than data.max_in_memory_mb); set it False or raise "
                           "data.max_in_memory_mb")
-    members = members if members is not None else writers.sweep_members(config)
+    members = members if members is not None else sweeps.sweep_members(config)
     if config.mesh.get("member_devices", 1) != 1:
         raise ConfigError(f"mesh.member_devices={config.mesh.member_devices} is not supported for data set "
                           f"{data.name!r}, which is streamed from the host; set it 1")
@@ -320,7 +320,7 @@ def train_and_evaluate_streamed(config: ml_collections.ConfigDict, workdir: str,
                 log.write(rows)
                 previous = done
                 if done % config.train.checkpoint_every == 0 or done == config.train.epochs or stop.requested:
-                    ckpt.save(done, state, writers.rows_to_json(log.history))
+                    ckpt.save(done, state, run_files.rows_to_json(log.history))
                 if stop.requested:
                     raise KeyboardInterrupt(f"stopped by signal after epoch {done}; checkpoint saved")
         if rows is None:  # resumed a finished run: only the final metrics

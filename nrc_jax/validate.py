@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import ml_collections
 
-from nrc_jax import models, optim
+from nrc_jax import models, optim, sweeps
 from nrc_jax.data import known_datasets
 from nrc_jax.data.transforms import TRANSFORMS
 from nrc_jax.errors import ConfigError
@@ -215,8 +215,6 @@ def relation_problems(config: ml_collections.ConfigDict, num_devices: int | None
 
 def mesh_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[str]:
     """The mesh (members x data devices) against the devices present, the batch and the sweep."""
-    from nrc_jax import writers  # pylint: disable=import-outside-toplevel (sweep members, only here)
-
     c, problems = config, []
     wanted, per_member = c.mesh.num_devices, c.mesh.member_devices
     if wanted > num_devices:
@@ -230,7 +228,7 @@ def mesh_problems(config: ml_collections.ConfigDict, num_devices: int) -> list[s
         where = f"the {data_devices} devices of the mesh's data axis" if per_member > 1 else f"the {devices} devices of the mesh"
         problems.append(f"train.batch_size={c.train.batch_size}: allowed a multiple of {where} "
                         f"(mesh.num_devices={wanted}), e.g. {_round_up(c.train.batch_size, data_devices)}")
-    num_members = len(writers.sweep_members(c))
+    num_members = len(sweeps.sweep_members(c))
     if num_members % per_member:
         problems.append(f"mesh.member_devices={per_member}: allowed a divisor of the sweep's {num_members} "
                         "members (each device group trains the same number)")

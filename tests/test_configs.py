@@ -2,7 +2,6 @@
 (docs/nrc.md), quick variants are small, and one quick config trains end to end."""
 from __future__ import annotations
 
-import json
 import pathlib
 import sys
 
@@ -12,7 +11,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from configs import paper  # noqa: E402
-from nrc_jax import validate, writers  # noqa: E402
+from nrc_jax import run_files, sweeps, validate  # noqa: E402
 
 TRAINING = [n for n in paper.experiment_names() if n != "table1"]
 MUJOCO_PAPER = {"swimmer": (1_000_000, 1e-2), "reacher": (1_500_000, 1.5e-3), "hopper": (200_000, 1e-2)}
@@ -34,7 +33,7 @@ def test_every_figure_family_of_the_spec_has_configs():
 def test_every_config_builds_and_validates(name, scale):
     config = paper.get_config(name + scale)
     validate.validate_config(config, num_devices=8)
-    assert writers.sweep_members(config)  # the sweep expands
+    assert sweeps.sweep_members(config)  # the sweep expands
 
 
 @pytest.mark.parametrize("arg", ["fig2_nope", "fig2_swimmer,fast", "", "table1,quick,x"])
@@ -75,7 +74,7 @@ def test_full_image_runs_have_the_papers_settings(dataset, arch):
 def test_weight_decay_sweeps_use_the_specs_values_in_one_program(dataset):
     full = paper.get_config(f"fig5_wd_{dataset}")
     assert tuple(full.sweep.weight_decay) == SPEC_WD_SWEEPS[dataset]
-    assert len(writers.sweep_members(full)) == 15  # 5 values x 3 seeds, vmapped in one run
+    assert len(sweeps.sweep_members(full)) == 15  # 5 values x 3 seeds, vmapped in one run
     quick = paper.get_config(f"fig5_wd_{dataset},quick")
     assert tuple(quick.sweep.weight_decay) == (SPEC_WD_SWEEPS[dataset][0], 0.0)
 
@@ -85,7 +84,7 @@ def test_ufm_regularized_sweeps(dataset):
     config = paper.get_config(f"fig6_ufm_{dataset}")
     assert config.optim.regularizer == "ufm" and config.optim.weight_decay == 0.0
     assert not config.model.feature_activation and config.train.epochs == 10_000
-    members = writers.sweep_members(config)
+    members = sweeps.sweep_members(config)
     assert {(m["lambda_h"], m["seed"]) for m in members} == {(lam, s) for lam in (1e-2, 1e-3, 1e-4, 1e-5, 0.0)
                                                               for s in (0, 1, 2)}
     assert all(m["lambda_h"] == m["lambda_w"] for m in members)
@@ -94,7 +93,7 @@ def test_ufm_regularized_sweeps(dataset):
 def _model_epochs_rows(config) -> float:
     rows = {"swimmer": 1000, "reacher": 1000, "hopper": 10_000}.get(config.data.name, 0)
     rows = config.data.train_size or rows
-    return config.train.epochs * rows * len(writers.sweep_members(config))
+    return config.train.epochs * rows * len(sweeps.sweep_members(config))
 
 
 @pytest.mark.parametrize("name", TRAINING)
@@ -102,7 +101,7 @@ def test_quick_variants_are_small(name):
     config = paper.get_config(name + ",quick")
     full = paper.get_config(name)
     assert config.train.epochs < full.train.epochs
-    assert len(writers.sweep_members(config)) <= 3
+    assert len(sweeps.sweep_members(config)) <= 3
     if config.model.arch == "mlp":
         assert _model_epochs_rows(config) <= 6e6  # sample-passes: a few minutes on 2 cores
         assert config.optim.weight_decay == full.optim.weight_decay  # the paper's decay, faster optimizer
@@ -131,11 +130,11 @@ def test_a_quick_config_trains_two_epochs(tmp_path):
     config.train.update(epochs=2, eval_every=1, checkpoint_every=2, progress_bar=False)
     config.mesh.num_devices = 1  # 8 simulated devices on 2 busy cores only slow this down
     out = train.train_and_evaluate(config, str(tmp_path))
-    rows = writers.read_metrics(str(tmp_path))
+    rows = run_files.read_metrics(str(tmp_path))
     assert [r["epoch"] for r in rows if r["sweep_index"] == 0] == [0, 1, 2]
     assert {r["sweep"]["lambda_h"] for r in rows} == set(paper.QUICK_UFM_LAMBDAS)
     finals = out["members"]
     assert all(f["train_mse"] < rows[0]["train_mse"] for f in finals)  # 2 x 16 SGD steps fit something
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = run_files.read_summary(tmp_path)
     gammas = [m["best_gamma"] for m in summary["members"]]
     assert gammas == pytest.approx([lam * lam for lam in paper.QUICK_UFM_LAMBDAS])  # UFM: gamma not searched

@@ -218,7 +218,7 @@ def test_per_layer_run_matches_recomputation_from_exported_features(tmp_path):
     layer is reported, and each layer's nrc1_variance (and the other keys) equals a float64
     recomputation from `inspect --export`'s layer_features_<i> and the checkpointed weights."""
     from configs import mlp
-    from nrc_jax import inspect, train, writers
+    from nrc_jax import inspect, run_files, train
 
     rng = np.random.default_rng(7)
     x = rng.normal(size=(130, 5)).astype(np.float32)
@@ -234,7 +234,7 @@ def test_per_layer_run_matches_recomputation_from_exported_features(tmp_path):
     workdir = str(tmp_path / "run")
     train.train_and_evaluate(config, workdir)
 
-    rows = writers.read_metrics(workdir)
+    rows = run_files.read_metrics(workdir)
     assert rows and all([layer["width"] for layer in r["layers"]] == [16, 12, 8] for r in rows)
     assert all([layer["layer"] for layer in r["layers"]] == [0, 1, 2] for r in rows)
     final = rows[-1]

@@ -1,13 +1,12 @@
 """Committed evidence: compact copies of workdirs, and the results READMEs' numbers recomputed."""
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 
 import pytest
 
-from nrc_jax import evidence, plot, train, writers
+from nrc_jax import evidence, plot, run_files, train
 from tests.test_train import npz_path, tiny_config  # noqa: F401 (fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -27,10 +26,10 @@ def test_collect_thins_copies_and_plots(npz_path, tmp_path):
     config.sweep.weight_decay = (1e-2, 0.0)
     train.train_and_evaluate(config, str(tmp_path / "run"))
     info = evidence.collect(str(tmp_path / "run"), str(tmp_path / "kept"), max_rows=30)
-    rows = writers.read_metrics(str(tmp_path / "kept"))
+    rows = run_files.read_metrics(str(tmp_path / "kept"))
     assert info["finished"] and info["rows"] == 82 and info["rows_kept"] == len(rows) <= 30
     assert {r["sweep_index"] for r in rows} == {0, 1} and rows[-1]["epoch"] == 40
-    summary = json.loads((tmp_path / "kept" / "summary.json").read_text())
+    summary = run_files.read_summary(tmp_path / "kept")
     assert summary["members"][0]["epochs"] == [r["epoch"] for r in rows if r["sweep_index"] == 0]
     assert plot.plot_workdirs([tmp_path / "kept"], tmp_path / "fig")
     table = evidence.claims_table(str(tmp_path))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax import train, writers
+from nrc_jax import run_files, train, writers
 from nrc_jax.data import default_data_config, load_dataset
 from nrc_jax.errors import DivergenceError
 
@@ -48,11 +48,11 @@ def make_config(values: dict):
 
 
 def rows_without_time(workdir) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in writers.read_metrics(str(workdir))]
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in run_files.read_metrics(str(workdir))]
 
 
 def metric_lines(workdir) -> list[str]:
-    with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+    with open(os.path.join(workdir, run_files.METRICS_FILE)) as f:
         return f.read().splitlines(keepends=True)
 
 
@@ -128,7 +128,7 @@ def test_signal_saves_a_checkpoint_and_the_rerun_matches(signum, npz_path, refer
         train.train_and_evaluate(config, str(tmp_path))
     assert signal.getsignal(signum) is handler_before  # handler restored
     assert os.listdir(tmp_path / "checkpoints") == ["4"]  # saved although checkpoint_every is 6
-    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4]
+    assert [r["epoch"] for r in run_files.read_metrics(str(tmp_path))] == [0, 2, 4]
     monkeypatch.setattr(writers.RunWriter, "write", original)
     train.train_and_evaluate(config, str(tmp_path))
     assert rows_without_time(tmp_path) == reference[1]
@@ -213,7 +213,7 @@ def cli_env(tmp_path_factory):
 def run_and_signal(command, env, workdir, *, evaluations: int, sig: int, log_path) -> tuple[int, str]:
     """Runs `command`; once this run has appended `evaluations` evaluation rows (epoch > 0) to
     metrics.jsonl, sends `sig`. Returns (exit status, stderr)."""
-    path = os.path.join(workdir, writers.METRICS_FILE)
+    path = os.path.join(workdir, run_files.METRICS_FILE)
     old_inode = os.stat(path).st_ino if os.path.exists(path) else None  # the run rewrites the file first
     with open(log_path, "w") as log:
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=log)
@@ -240,7 +240,7 @@ def test_kill_9_then_sigterm_then_rerun_ends_like_an_uninterrupted_run(npz_path,
     status, _ = run_and_signal(command, cli_env, workdir, evaluations=2, sig=signal.SIGKILL,
                                log_path=tmp_path / "kill.log")
     assert status == -signal.SIGKILL
-    assert len(writers.read_metrics(workdir)) >= 3  # epoch 0 and two evaluations were written
+    assert len(run_files.read_metrics(workdir)) >= 3  # epoch 0 and two evaluations were written
 
     status, stderr = run_and_signal(command, cli_env, workdir, evaluations=1, sig=signal.SIGTERM,
                                     log_path=tmp_path / "term.log")
@@ -250,7 +250,7 @@ def test_kill_9_then_sigterm_then_rerun_ends_like_an_uninterrupted_run(npz_path,
     assert stopped and "checkpoint saved" in stopped[0], stderr
     epoch = int(stopped[0].split("after epoch ")[1].split(";")[0])
     assert str(epoch) in os.listdir(os.path.join(workdir, "checkpoints"))
-    assert writers.read_metrics(workdir)[-1]["epoch"] == epoch
+    assert run_files.read_metrics(workdir)[-1]["epoch"] == epoch
 
     done = subprocess.run(command, cwd=REPO, env=cli_env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
@@ -260,4 +260,4 @@ def test_kill_9_then_sigterm_then_rerun_ends_like_an_uninterrupted_run(npz_path,
     assert rows == rows_without_time(tmp_path / "straight")  # bit for bit, across processes
     assert all(line.endswith("\n") for line in metric_lines(workdir))
     assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if "tmp" in d]
-    assert os.path.exists(os.path.join(workdir, writers.SUMMARY_FILE))
+    assert os.path.exists(os.path.join(workdir, run_files.SUMMARY_FILE))

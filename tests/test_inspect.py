@@ -6,7 +6,7 @@ import pytest
 
 from configs import mlp
 from nrc_jax import inspect as nrc_inspect
-from nrc_jax import metrics, train, writers
+from nrc_jax import metrics, run_files, train
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def sweep_run(tmp_path_factory):
 
 
 def test_export_recomputes_logged_metrics(sweep_run, tmp_path, capsys):
-    rows = writers.read_metrics(str(sweep_run))
+    rows = run_files.read_metrics(str(sweep_run))
     for member in (0, 1):
         out = tmp_path / f"m{member}.npz"
         assert nrc_inspect.main([str(sweep_run), "--export", str(out), "--member", str(member)]) == 0

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from nrc_jax import run_files
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ("mlp", "mujoco:swimmer,quick", "paper:fig2_hopper,quick", "images:synthetic_images,quick",
            "deep_mlp:swimmer,quick", "sgemm:quick", "ufm:quick")
@@ -44,8 +46,7 @@ def test_main_runs_a_config_given_by_absolute_path_from_another_directory(tmp_pa
          "--config.train.checkpoint_every=4", "--config.model.widths=(16,)"],
         cwd=tmp_path, env=outside_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
-    assert [r["epoch"] for r in rows] == [0, 2, 4]
+    assert [r["epoch"] for r in run_files.read_metrics(tmp_path / "run")] == [0, 2, 4]
     # Not a terminal: log lines, not tqdm's carriage returns; no TFDS or Orbax chatter.
     assert "\r" not in done.stderr and "epoch 4/4 (100%): train_mse" in done.stderr, done.stderr
     for noise in ("Using custom data configuration", "Downloading and preparing", "orbax", "checkpoint_manager"):
@@ -101,9 +102,7 @@ def tiny_config(npz_path, **train):
 
 
 def metric_rows(workdir):
-    from nrc_jax import writers
-
-    return [{k: v for k, v in r.items() if k != "time_s"} for r in writers.read_metrics(str(workdir))]
+    return [{k: v for k, v in r.items() if k != "time_s"} for r in run_files.read_metrics(str(workdir))]
 
 
 def test_a_larger_train_epochs_extends_a_finished_run_as_if_trained_at_once(npz_path, tmp_path):
@@ -161,19 +160,19 @@ class _Stream:
 
 
 def test_progress_is_tqdm_on_a_terminal_and_log_lines_otherwise(monkeypatch):
-    from nrc_jax import writers
+    from nrc_jax import progress
 
-    assert isinstance(writers.progress_reporter(10, 0, _Stream(False)), writers.LogProgress)
-    bar = writers.progress_reporter(10, 0, _Stream(True))
-    assert isinstance(bar, writers.BarProgress)
+    assert isinstance(progress.progress_reporter(10, 0, _Stream(False)), progress.LogProgress)
+    bar = progress.progress_reporter(10, 0, _Stream(True))
+    assert isinstance(bar, progress.BarProgress)
     bar.close()
     lines, now = [], [0.0]
-    monkeypatch.setattr(writers.absl_logging, "info", lambda fmt, *args: lines.append(fmt % args))
-    progress = writers.LogProgress(1000, 0, interval_s=10.0, clock=lambda: now[0])
+    monkeypatch.setattr(progress.absl_logging, "info", lambda fmt, *args: lines.append(fmt % args))
+    reporter = progress.LogProgress(1000, 0, interval_s=10.0, clock=lambda: now[0])
     row = {"train_mse": 0.5, "test_mse": 0.6, "nrc1": 0.25, "nrc2": float("nan")}
     for epoch, t in ((0, 0.0), (100, 5.0), (200, 10.0), (300, 12.0), (1000, 13.0)):
         now[0] = t
-        progress.report({**row, "epoch": epoch})
+        reporter.report({**row, "epoch": epoch})
     assert lines[0].startswith("epoch 0/1000 (0%): train_mse 0.5, test_mse 0.6, nrc1 0.25, nrc2 nan;")
     assert lines[1] == "epoch 200/1000 (20%): train_mse 0.5, test_mse 0.6, nrc1 0.25, nrc2 nan; 20 epochs/s, ETA 40s"
     assert lines[2].startswith("epoch 1000/1000 (100%)") and lines[2].endswith("done")

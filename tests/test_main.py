@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from nrc_jax import run_files
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -34,12 +36,12 @@ def test_quick_run_then_rerun_resumes(npz_path, tmp_path):
     args = [f"--workdir={tmp_path}", f"--config.data.path={npz_path}", *SMALL]
     first = run_main(*args)
     assert first.returncode == 0, first.stderr[-3000:]
-    rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [r["epoch"] for r in rows] == [0, 2, 4]
+    assert [r["epoch"] for r in run_files.read_metrics(tmp_path)] == [0, 2, 4]
+    written = (tmp_path / run_files.METRICS_FILE).read_text()
     assert json.load(open(tmp_path / "config.json"))["train"]["epochs"] == 4
     again = run_main(*args)  # finished run: resumes at epoch 4, trains nothing, keeps the rows
     assert again.returncode == 0, again.stderr[-3000:]
-    assert [json.loads(line) for line in open(tmp_path / "metrics.jsonl")] == rows
+    assert (tmp_path / run_files.METRICS_FILE).read_text() == written
 
 
 def test_typo_override_fails_and_user_errors_exit_2_without_traceback(npz_path, tmp_path):
@@ -67,4 +69,4 @@ def test_paper_mlp_on_two_cpu_devices_does_not_deadlock(tmp_path):
                            "--config.train.epochs=120", "--config.train.progress_bar=False"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [json.loads(line)["epoch"] for line in open(tmp_path / "run" / "metrics.jsonl")] == list(range(0, 121, 10))
+    assert [r["epoch"] for r in run_files.read_metrics(tmp_path / "run")] == list(range(0, 121, 10))

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 import pytest
 
+from nrc_jax import run_files
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multihost.sh")
 EPOCHS, EVERY = 4, 2
@@ -126,7 +128,7 @@ def test_members_on_the_two_processes_match_one_process(runs, tmp_path):
                           cwd=REPO, env=launch_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert_rows_close(read_rows(workdir), read_rows(runs["one"]))
-    summary = json.load(open(workdir / "summary.json"))
+    summary = run_files.read_summary(workdir)
     assert len(summary["members"]) == 2
 
 

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.colors import to_hex
 
 from fixtures_workdir import EPOCHS, write_workdir
-from nrc_jax import plot
+from nrc_jax import plot, run_files
 from nrc_jax.errors import DataError
 from nrc_jax.plotting import figures, table
 from nrc_jax.plotting.groups import build_groups, colour_map, format_value, pooled_series
@@ -51,7 +51,7 @@ def test_training_figure_has_a_line_per_value_and_split(swept):
 def test_seeds_are_averaged_with_min_max_band(swept):
     (group,), _ = groups_of(swept)
     value = group.values[0]
-    rows = [json.loads(line) for line in (swept / "metrics.jsonl").read_text().splitlines()]
+    rows = run_files.read_metrics(swept)
     per_seed = np.asarray([[r["nrc1"] for r in rows if r["sweep_index"] == m.sweep_index] for m in value.members])
     band = pooled_series(value.members, "nrc1")
     np.testing.assert_allclose(band.epochs, EPOCHS)
@@ -81,7 +81,7 @@ def test_evr_and_gamma_figures(swept):
     gamma = figures.nrc3_gamma_figure(group, colours, [])
     (ax,) = gamma.axes
     assert len(ax.get_lines()) == 3 and ax.get_xlabel() == "γ / λmin"
-    summary = json.loads((swept / "summary.json").read_text())["members"]
+    summary = run_files.read_summary(swept)["members"]
     expected = np.mean([m["best_gamma_over_lambda_min"] for m in summary if m["sweep"]["weight_decay"] == 1e-2])
     star = ax.collections[0].get_offsets()[0]
     assert star[0] == pytest.approx(expected)
@@ -109,7 +109,7 @@ def test_ufm_mode_from_config_and_from_sweep_keys(tmp_path):
     assert load_workdir(wd).is_ufm
     fig = figures.sweep_figure("lambda_hw", [group], colours, [])
     dotted = [ln for ln in fig.axes[0].get_lines() if ln.get_linestyle() == ":"]
-    eig = json.loads((wd / "summary.json").read_text())["data"]["eigenvalues"]
+    eig = run_files.read_summary(wd)["data"]["eigenvalues"]
     assert len(dotted) == 1  # the UFM optimum training MSE sum_j min(lambda_j, c), c = lambda^2
     np.testing.assert_allclose(dotted[0].get_ydata(), [np.minimum(eig, v ** 2).sum() for v in (1e-2, 1e-4, 0.0)])
 

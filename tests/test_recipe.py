@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import mlp, mujoco, paper
-from nrc_jax import models, train, writers
+from nrc_jax import models, run_files, sweeps, train
 from tests.test_train import npz_path, tiny_config  # noqa: F401 (fixture)
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "nrc.md")
@@ -21,7 +21,7 @@ def _trained_params(config, num_epochs: int):
     data = train.load_dataset(config.data)
     mesh = train.make_mesh(1)
     trainer = train.Trainer(config, mesh, data.input_shape, data.target_dim)
-    members = writers.sweep_members(config)
+    members = sweeps.sweep_members(config)
     state = trainer.create_state(members)
     state, _ = trainer.train_chunk(state, train.put_data(data, mesh, 64), jnp.asarray(num_epochs, jnp.int32))
     return jax.device_get(state.params)
@@ -120,7 +120,7 @@ def test_every_documented_definition_is_logged_and_every_logged_nrc_is_documente
     assert not missing, missing
     logged = [k for k in row if k.startswith(("nrc", "evr"))]
     assert not [k for k in logged if k not in documented]
-    first = writers.read_metrics(str(tmp_path))[0]
+    first = run_files.read_metrics(str(tmp_path))[0]
     assert first["nrc3_gamma"] == row["nrc3_gamma"]  # one gamma, the final one, for every epoch
 
 

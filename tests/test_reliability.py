@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax import locking, train, writers
+from nrc_jax import locking, run_files, train, writers
 from nrc_jax.errors import ConfigError, DataError
 
 from tests.test_faults import REPO, RUN_TIMEOUT_S, TINY, npz_path  # noqa: F401 (fixture)
@@ -69,7 +69,7 @@ def test_second_run_is_refused_naming_the_holder_and_touches_nothing(npz_path, t
         assert held.path in message
     assert tree_state(workdir) == before  # the lock file is removed on release
     train.train_and_evaluate(make_config(npz_path, **{"train.epochs": 2}), str(workdir))  # free again
-    assert [r["epoch"] for r in writers.read_metrics(str(workdir))] == [0, 2]
+    assert [r["epoch"] for r in run_files.read_metrics(str(workdir))] == [0, 2]
 
 
 def test_lock_is_released_when_the_run_fails(npz_path, tmp_path):
@@ -139,7 +139,7 @@ def test_same_command_started_twice_one_runs_one_is_refused(npz_path, tmp_path, 
     assert sorted(status for status, _ in results) == [0, 2], results
     refused = next(stderr for status, stderr in results if status == 2)
     assert len(error_lines(refused)) == 1 and "is in use by another run" in refused and "Traceback" not in refused
-    assert [r["epoch"] for r in writers.read_metrics(str(workdir))] == list(range(0, 41, 4))
+    assert [r["epoch"] for r in run_files.read_metrics(str(workdir))] == list(range(0, 41, 4))
     assert not [d for d in os.listdir(workdir / "checkpoints") if "tmp" in d]
     assert not os.path.exists(workdir / locking.LOCK_FILE)
 
@@ -150,7 +150,7 @@ def strip_time(rows: list[dict]) -> list[dict]:
 
 
 def metrics_text(workdir) -> str:
-    with open(os.path.join(workdir, writers.METRICS_FILE)) as f:
+    with open(os.path.join(workdir, run_files.METRICS_FILE)) as f:
         return f.read()
 
 
@@ -213,10 +213,10 @@ def truncated(path):
 
 
 def edited(path):
-    rows = writers.read_metrics(os.path.dirname(path))
+    rows = run_files.read_metrics(os.path.dirname(path))
     rows[1]["train_mse"] = 123.0
     with open(path, "w") as f:
-        f.writelines(writers.json_line(r) for r in rows + rows)  # an edit and duplicated rows
+        f.writelines(run_files.json_line(r) for r in rows + rows)  # an edit and duplicated rows
 
 
 @pytest.mark.parametrize("damage", [deleted, truncated, edited], ids=lambda f: f.__name__)
@@ -224,15 +224,15 @@ def test_resume_repairs_metrics_and_tensorboard_from_the_checkpoint(npz_path, st
                                                                      damage, caplog):
     workdir = tmp_path / "run"
     crashed_at_epoch_4(npz_path, workdir, monkeypatch)
-    damage(str(workdir / writers.METRICS_FILE))
+    damage(str(workdir / run_files.METRICS_FILE))
     for name in os.listdir(workdir / "tensorboard" / "run"):  # TensorBoard lost too
         os.remove(workdir / "tensorboard" / "run" / name)
     with caplog.at_level("WARNING", logger="nrc_jax.writers"):
         train.train_and_evaluate(make_config(npz_path), str(workdir))
     assert any("rewritten from the checkpoint" in r.getMessage() for r in caplog.records)
-    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
-    assert_tensorboard_matches(workdir, writers.read_metrics(str(workdir)))
-    summary = json.load(open(workdir / writers.SUMMARY_FILE))["members"][0]
+    assert strip_time(run_files.read_metrics(str(workdir))) == strip_time(run_files.read_metrics(str(straight[0])))
+    assert_tensorboard_matches(workdir, run_files.read_metrics(str(workdir)))
+    summary = json.load(open(workdir / run_files.SUMMARY_FILE))["members"][0]
     assert summary["final"]["epoch"] == 6 and summary["epochs"] == [0, 2, 4, 6]
 
 
@@ -243,7 +243,7 @@ def test_checkpoint_without_history_still_resumes_from_the_file(npz_path, straig
 
     shutil.rmtree(workdir / "checkpoints" / "2" / "history")  # as checkpoints made before issue 16
     train.train_and_evaluate(make_config(npz_path), str(workdir))
-    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
+    assert strip_time(run_files.read_metrics(str(workdir))) == strip_time(run_files.read_metrics(str(straight[0])))
 
 
 def test_checkpoint_holds_the_rows_up_to_its_epoch(npz_path, straight):
@@ -255,7 +255,7 @@ def test_checkpoint_holds_the_rows_up_to_its_epoch(npz_path, straight):
     try:
         on_file = [plain(json.loads(line)) for line in straight[1].splitlines()]
         for step in (2, 4, 6):
-            saved = [plain(json.loads(writers.json_line(r))) for r in writers.rows_from_json(ckpt.restore_history(step))]
+            saved = [plain(json.loads(run_files.json_line(r))) for r in run_files.rows_from_json(ckpt.restore_history(step))]
             assert [r["epoch"] for r in saved] == list(range(0, step + 1, 2))
             assert saved == on_file[:len(saved)]
     finally:
@@ -269,7 +269,7 @@ def test_files_vanishing_mid_run_are_recreated_with_a_warning(npz_path, straight
     def delete_after_epoch_2(self, rows):
         original(self, rows)
         if rows[0]["epoch"] == 2:
-            os.remove(workdir / writers.METRICS_FILE)
+            os.remove(workdir / run_files.METRICS_FILE)
             for name in os.listdir(workdir / "tensorboard" / "run"):
                 os.remove(workdir / "tensorboard" / "run" / name)
 
@@ -277,11 +277,11 @@ def test_files_vanishing_mid_run_are_recreated_with_a_warning(npz_path, straight
     with caplog.at_level("WARNING", logger="nrc_jax.writers"):
         train.train_and_evaluate(make_config(npz_path), str(workdir))
     messages = [r.getMessage() for r in caplog.records]
-    assert any(writers.METRICS_FILE in m and "vanished" in m for m in messages), messages
+    assert any(run_files.METRICS_FILE in m and "vanished" in m for m in messages), messages
     assert any("TensorBoard" in m and "vanished" in m for m in messages), messages
-    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
-    assert_tensorboard_matches(workdir, writers.read_metrics(str(workdir)))
-    assert json.load(open(workdir / writers.SUMMARY_FILE))["members"][0]["final"]["epoch"] == 6
+    assert strip_time(run_files.read_metrics(str(workdir))) == strip_time(run_files.read_metrics(str(straight[0])))
+    assert_tensorboard_matches(workdir, run_files.read_metrics(str(workdir)))
+    assert json.load(open(workdir / run_files.SUMMARY_FILE))["members"][0]["final"]["epoch"] == 6
 
 
 # --------------------------------------------------------------------- bad inputs
@@ -360,7 +360,7 @@ def test_no_space_while_writing_rows_is_a_disk_full_error(npz_path, tmp_path, mo
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
     monkeypatch.setattr(writers.RunWriter, "write", original)
     train.train_and_evaluate(make_config(npz_path), str(tmp_path))  # resumes once there is room
-    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4, 6]
+    assert [r["epoch"] for r in run_files.read_metrics(str(tmp_path))] == [0, 2, 4, 6]
 
 
 @pytest.fixture
@@ -449,7 +449,7 @@ def test_cli_resume_and_inspect_past_a_deleted_manifest_print_no_tracebacks(npz_
     assert resumed.returncode == 0, resumed.stderr
     for proc in (inspected, resumed):
         assert "Traceback" not in proc.stderr and "Event loop is closed" not in proc.stderr, proc.stderr
-    assert strip_time(writers.read_metrics(str(workdir))) == strip_time(writers.read_metrics(str(straight[0])))
+    assert strip_time(run_files.read_metrics(str(workdir))) == strip_time(run_files.read_metrics(str(straight[0])))
 
 
 @pytest.fixture(scope="module")
@@ -508,7 +508,7 @@ def long_run(workdir, npz_path) -> list[str]:
 
 
 def wait_for_rows(workdir, procs, rows: int = 2, timeout_s: float = RUN_TIMEOUT_S) -> None:
-    path = os.path.join(workdir, writers.METRICS_FILE)
+    path = os.path.join(workdir, run_files.METRICS_FILE)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
         if os.path.exists(path) and sum(1 for _ in open(path)) >= rows:

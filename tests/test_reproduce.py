@@ -7,7 +7,7 @@ import pathlib
 
 import pytest
 
-from nrc_jax import reproduce
+from nrc_jax import reproduce, run_files
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STAGES = ("wd_swimmer", "ufm_study")
@@ -56,7 +56,7 @@ def test_writes_figures_tables_and_summary(first_run):
 
 def test_summary_numbers_are_the_runs_final_metrics(first_run):
     root, _, _ = first_run
-    rows = [json.loads(line) for line in (root / "work" / "wd_swimmer" / "metrics.jsonl").read_text().splitlines()]
+    rows = run_files.read_metrics(root / "work" / "wd_swimmer")
     final = [r for r in rows if r["epoch"] == 3 and r["sweep"]["weight_decay"] == 0.0][0]
     summary = (root / "out" / "summary.md").read_text()
     line = [ln for ln in summary.splitlines() if ln.startswith("| swimmer | wd=0 |")][0]
@@ -71,8 +71,7 @@ def test_rerun_reuses_and_changed_config_starts_over(first_run):
     changed = reproduce.reproduce(scaled_config(2 * SCALE), root / "out3", root / "work", only=("wd_swimmer",),
                                   log=lambda _: None)
     assert changed["timings"][0].status == "new"  # another config: the old workdir was cleared
-    rows = (root / "work" / "wd_swimmer" / "metrics.jsonl").read_text().splitlines()
-    assert max(json.loads(r)["epoch"] for r in rows) == 6
+    assert max(r["epoch"] for r in run_files.read_metrics(root / "work" / "wd_swimmer")) == 6
 
 
 def test_cli_user_errors_exit_2(capsys, tmp_path):

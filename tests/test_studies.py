@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from nrc_jax import studies, writers
+from nrc_jax import run_files, studies
 from nrc_jax.config_files import repository_config
 
 LAMBDAS = (0.3, 1.0)
@@ -88,7 +88,7 @@ def test_preprocessing_study_rows(npz_path, tmp_path):
         y = load_dataset(data).y_train
         assert r["predicted_mse"] == pytest.approx(np_ufm_mse(y, r["c"]), rel=1e-6)
         workdir = tmp_path / "preprocessing" / f"{r['transform']}_{r['regularizer']}"
-        final = [row for row in writers.read_metrics(str(workdir)) if row["sweep"] == r["sweep"]][-1]
+        final = [row for row in run_files.read_metrics(str(workdir)) if row["sweep"] == r["sweep"]][-1]
         assert r["measured_mse"] == final["train_mse"] and final["epoch"] == 3
     zca = [r for r in rows if r["transform"] == "zca" and r["regularizer"] == "ufm"]
     np.testing.assert_allclose(zca[0]["eigenvalues"], [1.0, 1.0], rtol=1e-4)
@@ -117,7 +117,7 @@ def test_multitask_study_rows(npz_path, tmp_path):
     # for both is predicted to fit better than one network per target
     first = result["rows"][0]
     assert first["multi"]["predicted_mse"] < first["single"]["predicted_mse"]
-    single = writers.read_metrics(str(tmp_path / "multitask" / "single_1_ufm"))
+    single = run_files.read_metrics(str(tmp_path / "multitask" / "single_1_ufm"))
     assert single[-1]["train_mse"] == first["single"]["measured_per_dim"][1] or len(LAMBDAS) > 1
     assert np.asarray(single[-1]["wwt"]).shape == (1, 1)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax import train, writers
+from nrc_jax import run_files, sweeps, train, writers
 from nrc_jax.errors import ConfigError, DivergenceError
 
 ROW_KEYS = {"epoch", "sweep_index", "sweep", "train_mse", "test_mse", "train_mse_per_dim", "test_mse_per_dim",
@@ -37,7 +37,7 @@ def tiny_config(npz_path, **overrides):
 
 
 def rows_by_member(workdir):
-    rows = writers.read_metrics(str(workdir))
+    rows = run_files.read_metrics(str(workdir))
     return {k: [r for r in rows if r["sweep_index"] == k] for k in {r["sweep_index"] for r in rows}}
 
 
@@ -59,7 +59,7 @@ def test_end_to_end_outputs_and_no_recompilation(npz_path, tmp_path):
     result = train.train_and_evaluate(config, str(tmp_path))
     traced = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_chunk", "evaluate")}
     assert traced == {"train_chunk": 1, "evaluate": 0}  # 1 initial evaluation (0 epochs) + 3 chunks
-    rows = writers.read_metrics(str(tmp_path))
+    rows = run_files.read_metrics(str(tmp_path))
     assert [r["epoch"] for r in rows] == [0, 2, 4, 6]
     for row in rows:
         assert ROW_KEYS <= set(row), ROW_KEYS - set(row)
@@ -67,7 +67,7 @@ def test_end_to_end_outputs_and_no_recompilation(npz_path, tmp_path):
         assert 0.0 <= row["nrc1"] <= 1.0 and 0.0 <= row["nrc2"] <= 1.0
     assert rows[-1]["train_mse"] < rows[0]["train_mse"]
     assert json.load(open(tmp_path / "config.json"))["model"]["widths"] == [16, 16]
-    summary = json.load(open(tmp_path / "summary.json"))["members"][0]
+    summary = run_files.read_summary(tmp_path)["members"][0]
     assert len(summary["gammas"]) == len(summary["nrc3_curve"]) == 1000
     assert summary["epochs"] == [0, 2, 4, 6] and len(summary["nrc3_over_epochs"]) == 4
     assert summary["best_nrc3"] == pytest.approx(min(summary["nrc3_curve"]), abs=1e-6)
@@ -112,11 +112,11 @@ def test_resume_after_crash_matches_straight_run(npz_path, tmp_path, monkeypatch
     monkeypatch.setattr(writers.RunWriter, "write", crash_at_epoch_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.train_and_evaluate(config, str(tmp_path / "resumed"))
-    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path / "resumed"))] == [0, 2]
+    assert [r["epoch"] for r in run_files.read_metrics(str(tmp_path / "resumed"))] == [0, 2]
     monkeypatch.setattr(writers.RunWriter, "write", original)
     train.train_and_evaluate(config, str(tmp_path / "resumed"))  # resumes from the epoch-2 checkpoint
-    straight = strip_time(writers.read_metrics(str(tmp_path / "straight")))
-    resumed = strip_time(writers.read_metrics(str(tmp_path / "resumed")))
+    straight = strip_time(run_files.read_metrics(str(tmp_path / "straight")))
+    resumed = strip_time(run_files.read_metrics(str(tmp_path / "resumed")))
     assert resumed == straight  # bit for bit, no duplicate rows
 
 
@@ -124,9 +124,9 @@ def test_resume_drops_rows_beyond_checkpoint_and_refuses_other_config(npz_path, 
     config = tiny_config(npz_path, **{"train.epochs": 4})
     train.train_and_evaluate(config, str(tmp_path))
     with open(tmp_path / "metrics.jsonl", "a") as f:  # rows past the checkpoint and a torn line
-        f.write(json.dumps({**writers.read_metrics(str(tmp_path))[-1], "epoch": 8}) + "\n{\"epoch\": 1")
+        f.write(json.dumps({**run_files.read_metrics(str(tmp_path))[-1], "epoch": 8}) + "\n{\"epoch\": 1")
     train.train_and_evaluate(config, str(tmp_path))
-    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 2, 4]
+    assert [r["epoch"] for r in run_files.read_metrics(str(tmp_path))] == [0, 2, 4]
     with pytest.raises(ConfigError, match="optim.lr"):
         train.train_and_evaluate(tiny_config(npz_path, **{"train.epochs": 4, "optim.lr": 0.5}), str(tmp_path))
 
@@ -173,7 +173,7 @@ def test_sweep_members_on_a_2d_mesh_match_one_device(npz_path, tmp_path):
     config = tiny_config(npz_path, **sweep, **runs["2x2"])
     trainer = train.Trainer(config, train.config_mesh(config), (5,), 2)
     assert dict(trainer.mesh.shape) == {"members": 2, "data": 2}
-    state = trainer.create_state(writers.sweep_members(config))
+    state = trainer.create_state(sweeps.sweep_members(config))
     for leaf in jax.tree.leaves(state):
         assert leaf.sharding.spec[0] == "members"
         assert {s.data.shape[0] for s in leaf.addressable_shards} == {2}
@@ -191,7 +191,7 @@ def test_divergence_names_epochs_and_keeps_outputs(npz_path, tmp_path):
     config = tiny_config(npz_path, **{"optim.lr": 1e4})
     with pytest.raises(DivergenceError, match=r"diverged between epochs \d+ and \d+.*last good state"):
         train.train_and_evaluate(config, str(tmp_path))
-    rows = writers.read_metrics(str(tmp_path))
+    rows = run_files.read_metrics(str(tmp_path))
     assert rows and all(np.isfinite(r["train_mse"]) for r in rows)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import images
-from nrc_jax import train, train_streaming, writers
+from nrc_jax import run_files, sweeps, train, train_streaming, writers
 from nrc_jax.data import load_dataset
 from nrc_jax.errors import ConfigError
 
@@ -41,7 +41,7 @@ def straight_run(tmp_path_factory):
 
 def test_streamed_run_writes_rows_summary_and_checkpoints(straight_run):
     workdir, result = straight_run
-    rows = writers.read_metrics(workdir)
+    rows = run_files.read_metrics(workdir)
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
     assert ROW_KEYS <= set(rows[0])
     assert rows[-1]["train_mse"] < rows[0]["train_mse"]  # it trained
@@ -60,11 +60,11 @@ def test_first_evaluation_equals_in_memory_engine(straight_run):
     assert not data.streamed
     mesh = train.make_mesh(config.mesh.num_devices)
     trainer = train.get_trainer(config, mesh, data.input_shape, data.target_dim)
-    members = writers.sweep_members(config)
+    members = sweeps.sweep_members(config)
     out = trainer.evaluate(trainer.create_state(members), train.put_data(data, mesh, config.train.eval_chunk))
-    lambda_min = writers.read_metrics(workdir)[0]["lambda_min"]
+    lambda_min = run_files.read_metrics(workdir)[0]["lambda_min"]
     in_memory = writers.metric_rows(jax.device_get(out), members, lambda_min, 0.0)[0]
-    streamed = writers.read_metrics(workdir)[0]
+    streamed = run_files.read_metrics(workdir)[0]
     assert streamed["epoch"] == in_memory["epoch"] == 0
     for key in COMPARED:
         np.testing.assert_allclose(streamed[key], in_memory[key], rtol=1e-4, atol=1e-6, err_msg=key)
@@ -82,7 +82,7 @@ def test_resume_after_crash_matches_straight_run(straight_run, tmp_path, monkeyp
     monkeypatch.setattr(writers.RunWriter, "write", crash_at_epoch_3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train.train_and_evaluate(streamed_config(), str(tmp_path))
-    assert [r["epoch"] for r in writers.read_metrics(str(tmp_path))] == [0, 1, 2]
+    assert [r["epoch"] for r in run_files.read_metrics(str(tmp_path))] == [0, 1, 2]
     monkeypatch.setattr(writers.RunWriter, "write", original)
     calls = []
     monkeypatch.setattr(train_streaming.StreamedRun, "train_epoch",
@@ -90,7 +90,7 @@ def test_resume_after_crash_matches_straight_run(straight_run, tmp_path, monkeyp
                         calls.append(epoch) or _f(self, state, epoch))
     train.train_and_evaluate(streamed_config(), str(tmp_path))  # resumes from the epoch-2 checkpoint
     assert calls == [2]
-    assert strip_time(writers.read_metrics(str(tmp_path))) == strip_time(writers.read_metrics(straight_dir))
+    assert strip_time(run_files.read_metrics(str(tmp_path))) == strip_time(run_files.read_metrics(straight_dir))
 
 
 def test_per_layer_metrics_are_refused_for_streamed_data(tmp_path):
@@ -124,7 +124,7 @@ def test_centered_pass_rereads_the_train_set_when_features_are_not_kept(monkeypa
     trainer = train.get_trainer(config, train.make_mesh(config.mesh.num_devices), data.input_shape,
                                 data.target_dim)
     run = train_streaming.StreamedRun(config, data, trainer)
-    state = trainer.create_state(writers.sweep_members(config))
+    state = trainer.create_state(sweeps.sweep_members(config))
     _, cached = run.evaluate(state)
     monkeypatch.setattr(train_streaming, "CACHED_FEATURES_MB", -1.0)
     _, reread = run.evaluate(state)

@@ -51,7 +51,8 @@ def data_block_of_workdir(workdir: Workdir) -> dict[str, Any]:
             block[column] = config_value(workdir.config, column)
     rows = [row for m in workdir.members for row in m.rows]
     if block["lambda_min"] is None:
-        logged = [r.get("lambda_min") for r in rows if isinstance(r.get("lambda_min"), (int, float))]
+        logged = [r["lambda_min"] for r in rows
+                  if isinstance(r.get("lambda_min"), (int, float)) and math.isfinite(r["lambda_min"])]
         block["lambda_min"] = logged[-1] if logged else None
     if block["n"] is None:
         wwt = next((r["wwt"] for r in rows if isinstance(r.get("wwt"), list)), None)

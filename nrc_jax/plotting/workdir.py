@@ -1,4 +1,5 @@
-"""Reading training workdirs (`config.json`, `metrics.jsonl`, `summary.json`) for the plots.
+"""Training workdirs as the plots see them: members with their metric series, from the files that
+`nrc_jax.run_files` reads.
 
 The only place that knows the engine's field names is the set of mappings at the top: when the
 engine renames a field, fix one line here. Every reader tolerates missing optional keys.
@@ -6,13 +7,13 @@ engine renames a field, fix one line here. Every reader tolerates missing option
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from nrc_jax import run_files
 from nrc_jax.errors import DataError
 
 # Logical metric name -> key in a metrics.jsonl row.
@@ -104,9 +105,9 @@ class Member:
                 return as_float_array(recomputed)
         key = ROW_KEYS.get(name, name)
         values = [r.get(key) for r in self.rows]
+        if name == "nrc3" and not np.isfinite(as_float_array(values)).any():
+            return self.series("nrc3_epoch_best")  # an unfinished run: NRC3 at each epoch's own best gamma
         if all(v is None for v in values):
-            if name == "nrc3":  # an unfinished run: NRC3 at each epoch's own best gamma
-                return self.series("nrc3_epoch_best")
             return None
         return as_float_array(values)
 
@@ -169,34 +170,6 @@ def config_value(config: dict, name: str, default: Any = None) -> Any:
     return node
 
 
-def read_json(path: pathlib.Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from None
-
-
-def read_metrics_rows(path: pathlib.Path) -> list[dict]:
-    """All rows of a metrics.jsonl file; a truncated last line (a run still writing) is skipped."""
-    rows = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue
-            raise DataError(f"{path}: line {number} is not valid JSON") from None
-        if not isinstance(row, dict) or ROW_KEYS["epoch"] not in row:
-            raise DataError(f"{path}: line {number} has no {ROW_KEYS['epoch']!r} field")
-        rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no metric rows; has the run evaluated at least once?")
-    return rows
-
-
 def summary_members(summary: Any) -> dict[int, dict]:
     """summary.json as {sweep_index: entry}; accepts a list, {"members": [...]}, {"<i>": {...}} or one entry."""
     if summary is None:
@@ -238,28 +211,15 @@ def member_settings(config: dict, sweep: dict) -> dict[str, Any]:
 
 
 def load_workdir(path: str | pathlib.Path) -> Workdir:
-    """Loads one workdir; raises DataError naming the path when it or its metrics.jsonl is missing."""
-    path = pathlib.Path(path)
-    if not path.is_dir():
-        raise DataError(f"workdir {path} does not exist (or is not a directory)")
-    metrics_path = path / "metrics.jsonl"
-    if not metrics_path.is_file():
-        raise DataError(f"workdir {path} has no metrics.jsonl; is it a training workdir?")
-    config_path = path / "config.json"
-    config = read_json(config_path) if config_path.is_file() else {}
-    summary_path = path / "summary.json"
-    summary = read_json(summary_path) if summary_path.is_file() else None
-    by_index = summary_members(summary)
-
-    grouped: dict[int, list[dict]] = {}
-    for row in read_metrics_rows(metrics_path):
-        grouped.setdefault(int(row.get(ROW_KEYS["sweep_index"], 0) or 0), []).append(row)
+    """Loads one workdir (`run_files.load`); raises DataError naming the path when it or its
+    metrics.jsonl is missing or malformed."""
+    run = run_files.load(path)
+    by_index = summary_members(run.summary)
     members = []
-    for index in sorted(grouped):
-        rows = sorted(grouped[index], key=lambda r: r[ROW_KEYS["epoch"]])
+    for index, rows in run.members.items():
         sweep = rows[0].get(ROW_KEYS["sweep"]) or (by_index.get(index) or {}).get(SUMMARY_KEYS["sweep"]) or {}
-        members.append(Member(path, index, member_settings(config, sweep), rows, by_index.get(index)))
-    return Workdir(path, config, members, summary_data_block(summary))
+        members.append(Member(run.path, index, member_settings(run.config, sweep), rows, by_index.get(index)))
+    return Workdir(run.path, run.config, members, summary_data_block(run.summary))
 
 
 def load_workdirs(paths: Sequence[str | pathlib.Path]) -> list[Workdir]:
