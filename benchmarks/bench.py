@@ -306,16 +306,16 @@ class Engine:
 
 def make_engine(size: Size, num_members: int = 1, overrides: dict[str, Any] | None = None) -> Engine:
     import torch_reference  # for its random data: the reference trains on the same arrays
-    from nrc_jax import sweeps, train
+    from nrc_jax import engine, engine_memory, sweeps
     from nrc_jax.data import RegressionData
 
     config = mlp_config({"train.eval_every": EVAL_EVERY, **(overrides or {})})
     if num_members > 1:
         config.sweep.seed = tuple(range(num_members))
     data = RegressionData(size.name, *torch_reference.random_regression_data(size.train, size.in_dim, size.out_dim))
-    mesh = train.make_mesh(-1)  # one CPU device unless XLA_FLAGS forces more (an env variant)
-    trainer = train.Trainer(config, mesh, data.input_shape, data.target_dim)
-    device_data = train.put_data(data, mesh, config.train.eval_chunk)
+    mesh = engine.make_mesh(-1)  # one CPU device unless XLA_FLAGS forces more (an env variant)
+    trainer = engine_memory.Trainer(config, mesh, data.input_shape, data.target_dim)
+    device_data = engine_memory.put_data(data, mesh, config.train.eval_chunk)
     return Engine(trainer, device_data, trainer.create_state(sweeps.sweep_members(config)), num_members)
 
 

@@ -130,15 +130,15 @@ def jax_runs(dataset: str, seeds: list[int], epochs: int, every: int, workdir: s
     import jax
     import jax.numpy as jnp
 
-    from nrc_jax import models, sweeps, train
+    from nrc_jax import engine, engine_memory, models, sweeps, train
 
     config = jax_config(dataset, seeds, epochs, every)
     data = train.load_dataset(config.data)
-    mesh = train.make_mesh(1)
-    trainer = train.get_trainer(config, mesh, data.input_shape, data.target_dim)
+    mesh = engine.make_mesh(1)
+    trainer = engine_memory.get_trainer(config, mesh, data.input_shape, data.target_dim)
     members = sweeps.sweep_members(config)
     state = trainer.create_state(members)
-    device_data = train.put_data(data, mesh, config.train.eval_chunk)
+    device_data = engine_memory.put_data(data, mesh, config.train.eval_chunk)
     out: dict[int, list[dict]] = {s: [] for s in seeds}
     done = 0
     for target in train.eval_epochs(0, config):

@@ -41,10 +41,10 @@ def _tuples(config):
 
 def _read_step(ckpt, config, step: int) -> tuple[dict, Any, Any]:
     """(meta, trainer, state) of one checkpoint step; raises whatever Orbax raises for a bad one."""
-    from nrc_jax import train
+    from nrc_jax import engine, engine_memory
 
     meta = ckpt.restore_meta(step)
-    trainer = train.Trainer(config, train.make_mesh(1), tuple(meta["input_shape"]), meta["out_dim"])
+    trainer = engine_memory.Trainer(config, engine.make_mesh(1), tuple(meta["input_shape"]), meta["out_dim"])
     return meta, trainer, ckpt.restore_state(step, trainer.abstract_state(meta["members"]))
 
 
@@ -112,15 +112,16 @@ def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
     """Writes the train-set features etc. of one sweep member at the run's step to `out_path`."""
     import jax
 
-    from nrc_jax import models, train
+    from nrc_jax import engine_memory, models
+    from nrc_jax.data import load_dataset
     from nrc_jax.errors import ConfigError
 
     members = run["meta"]["members"]
     if not 0 <= member < len(members):
         raise ConfigError(f"--member {member}: the run has {len(members)} sweep members (0..{len(members) - 1})")
     config, trainer = run["config"], run["trainer"]
-    data = train.load_dataset(config.data)
-    device_data = train.put_data(data, trainer.mesh, config.train.eval_chunk)
+    data = load_dataset(config.data)
+    device_data = engine_memory.put_data(data, trainer.mesh, config.train.eval_chunk)
     predictions, features, hidden = trainer.features(run["state"], device_data, member)
     w, b = models.head_params(jax.tree.map(lambda a: a[member], run["state"].params))
     arrays = {"features": features, "weights": np.asarray(w), "bias": np.asarray(b),

@@ -41,7 +41,7 @@ NARROW_OUTPUTS = 8
 def cpu_rewrites() -> bool:
     """Whether the CPU-only rewrites apply: the default backend (the mesh's devices) is the CPU.
 
-    Those rewrites (`narrow_dot_general`'s column-by-column head gradient, `train.shuffled_indices`'
+    Those rewrites (`narrow_dot_general`'s column-by-column head gradient, `engine.shuffled_indices`'
     packed sort) were measured faster only on XLA:CPU; on GPU/TPU the plain ops run. Read at trace
     time; tests replace it to trace the other branch.
     """

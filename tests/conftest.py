@@ -2,6 +2,8 @@
 import os
 import tempfile
 
+import pytest
+
 # Must happen before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -11,3 +13,19 @@ os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
 os.environ.setdefault(
     "NRC_JAX_DATA_DIR",
     os.path.join(tempfile.gettempdir(), f"nrc_jax_test_data_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"))
+
+
+@pytest.fixture
+def traced_at_most(monkeypatch):
+    """`limit(cls, name, n)`: the method `cls.name` may be traced at most n times in this test
+    (`chex.assert_max_traces`); compiled programs are built anew (an empty `engine.cached_program` cache)."""
+    import chex
+
+    from nrc_jax import engine
+
+    chex.clear_trace_counter()
+    monkeypatch.setattr(engine, "_PROGRAMS", {})
+
+    def limit(cls, name: str, n: int) -> None:
+        monkeypatch.setattr(cls, name, chex.assert_max_traces(getattr(cls, name), n=n))
+    return limit
