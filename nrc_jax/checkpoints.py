@@ -7,6 +7,9 @@ written together, asynchronously; every process takes part in a save (Orbax coor
 Orbax writes each step into a temporary folder and renames it when complete, so a kill leaves no
 half-written step visible (leftover temporary folders are deleted at start); a step that still fails
 to read is skipped with a warning naming it and moved to `checkpoints_unreadable/`.
+
+A workdir on an object store (gs://, s3://) is handed to Orbax as the URL (tensorstore writes
+there natively); there is no free-space check before a save, nor a disk-full diagnosis.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nrc_jax import optim
+from nrc_jax import optim, run_files
 from nrc_jax.data import RegressionData
 from nrc_jax.errors import ConfigError, DiskFullError
 
@@ -117,7 +120,7 @@ class Checkpoints:
     """`workdir/checkpoints` managed by an Orbax CheckpointManager (async, keeps the last N)."""
 
     def __init__(self, workdir: str, meta: dict, max_to_keep: int = 3, read_only: bool = False):
-        self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+        self.directory = checkpoint_directory(workdir)
         self.meta = meta
         self.read_only = read_only
         # cleanup_tmp_directories: a kill during an async save leaves a `<step>.orbax-checkpoint-tmp-*` folder.
@@ -177,13 +180,16 @@ class Checkpoints:
             return
         base = aside = os.path.join(os.path.dirname(self.directory), "checkpoints_unreadable", str(step))
         copies = 0
-        while os.path.exists(aside):  # a step found unreadable again in a later run
+        while run_files.workdir_path(aside).exists():  # a step found unreadable again in a later run
             copies += 1
             aside = f"{base}.{copies}"
         log.warning("checkpoint %s is unreadable (%s); moved to %s, trying the previous one", where, reason, aside)
         if jax.process_index() == 0:
-            os.makedirs(os.path.dirname(aside), exist_ok=True)
-            shutil.move(where, aside)
+            run_files.workdir_path(aside).parent.mkdir(parents=True, exist_ok=True)
+            if run_files.is_url(where):
+                run_files.workdir_path(where).rename(aside)
+            else:
+                shutil.move(where, aside)
         ocp.multihost.sync_global_processes(f"nrc_jax_skip_unreadable_{step}")
         self.manager.reload()
 
@@ -194,7 +200,7 @@ class Checkpoints:
     def restore_history(self, step: int) -> list[dict] | None:
         """The metrics rows saved with `step` (strict JSON), or None for a checkpoint without them
         (made before the history was saved) or whose history item is unreadable (with a warning)."""
-        if not os.path.isdir(os.path.join(self.directory, str(step), "history")):
+        if not (run_files.workdir_path(self.directory) / str(step) / "history").is_dir():
             return None
         try:
             saved = self.manager.restore(step, args=ocp.args.Composite(history=ocp.args.JsonRestore()))
@@ -215,6 +221,13 @@ class Checkpoints:
             self.manager.wait_until_finished()
         finally:
             self.manager.close()
+
+
+def checkpoint_directory(workdir: str) -> str:
+    """workdir/checkpoints: an absolute local path, or the URL on an object store."""
+    if run_files.is_url(workdir):
+        return workdir.rstrip("/") + "/checkpoints"
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
 
 
 def checkpoint_bytes(state: Any, history: list[dict] | None = None) -> int:
@@ -239,7 +252,10 @@ def _human(num_bytes: float) -> str:
 
 
 def check_free_space(directory: str, needed: int, what: str) -> None:
-    """Raises DiskFullError naming `directory`, the free and the needed bytes if `needed` do not fit."""
+    """Raises DiskFullError naming `directory`, the free and the needed bytes if `needed` do not fit
+    (an object store has no free-space figure: not checked there)."""
+    if run_files.is_url(directory):
+        return
     free = _free_bytes(directory)
     if free < needed:
         raise DiskFullError(f"no space left on the device of {directory} for {what}: {_human(free)} free "
@@ -272,7 +288,7 @@ def as_disk_full(error: BaseException, workdir: str) -> DiskFullError | None:
     """A DiskFullError for an exception caused by a full disk (naming the free bytes and what a
     checkpoint needs), after deleting the partial checkpoint it left; None for other exceptions."""
     full = _disk_full_in_chain(error)
-    if full is None:
+    if full is None or run_files.is_url(workdir):
         return None
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     partial = glob.glob(os.path.join(glob.escape(directory), "*.orbax-checkpoint-tmp*"))

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import pathlib
-import shutil
 import sys
 from typing import Any, Sequence
 
@@ -64,7 +63,7 @@ def _read_json(path: pathlib.Path) -> Any:
 
 def collect(workdir: str, out: str, max_rows: int = MAX_ROWS) -> dict:
     """Copies the compact evidence of `workdir` into `out`; returns the run.json dict."""
-    src, dst = pathlib.Path(workdir), pathlib.Path(out)
+    src, dst = run_files.workdir_path(workdir), pathlib.Path(out)
     files = run_files.load(src)
     if not (src / run_files.CONFIG_FILE).is_file():
         raise DataError(f"no {run_files.CONFIG_FILE} in {src} (--collect must name a training workdir)")
@@ -73,7 +72,7 @@ def collect(workdir: str, out: str, max_rows: int = MAX_ROWS) -> dict:
     dst.mkdir(parents=True, exist_ok=True)
     thinned = [r for r in rows if r["epoch"] in keep]
     (dst / run_files.METRICS_FILE).write_text("".join(run_files.json_line(r) for r in thinned))
-    shutil.copyfile(src / run_files.CONFIG_FILE, dst / run_files.CONFIG_FILE)
+    (dst / run_files.CONFIG_FILE).write_bytes((src / run_files.CONFIG_FILE).read_bytes())
     if files.finished:
         summary = files.summary
         for member in summary.get("members", []):

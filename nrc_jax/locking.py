@@ -8,6 +8,12 @@ on process 0, and every process learns the outcome through the JAX coordination 
 refused run ends on every process with the same message.
 
 A second run on a locked workdir raises `WorkdirBusyError` before it reads or writes anything there.
+
+A workdir on an object store (gs://, s3://) is not locked, with one warning: a store has no lock
+the kernel releases when its holder dies, and a lock object would need a lease renewed while the
+run lives and a takeover rule for an expired one, which two processes could each believe they won.
+There one process (0) writes the run's files and Orbax coordinates the checkpoint saves of one run;
+starting two runs on one bucket workdir is the user's responsibility.
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ import sys
 import time
 from typing import Any
 
+from nrc_jax import run_files
 from nrc_jax.errors import ConfigError, UserError
 
 LOCK_FILE = ".nrc_jax.lock"
@@ -168,6 +175,11 @@ class RunLock:
     def __enter__(self) -> "RunLock":
         import jax
 
+        if run_files.is_url(self.workdir):
+            if jax.process_index() == 0:
+                log.warning("workdir %s is on an object store, which has no file locks: not locked; make sure "
+                            "no other run uses it", self.workdir)
+            return self
         if jax.process_count() == 1:
             self._lock = WorkdirLock(self.workdir).acquire()
             return self

@@ -7,15 +7,22 @@ writes, and the one reader every tool uses (`load`, `read_metrics`, `read_summar
 
 Readers get NaN back where the file holds null (except in a row's `sweep` values). A kill leaves at
 most one torn last line in metrics.jsonl, which every reader skips.
+
+Every file goes through `etils.epath.Path`, so a workdir is a local path or an object-store URL
+(gs://, s3://; `validate.workdir_location` says which are usable). A replacement is atomic either way:
+locally it is written beside the file, fsync'ed and renamed over it; an object store has no rename
+(gcsfs/s3fs move by copy and delete), but each object upload is atomic there (readers see the old
+object or the new one, never a part), so the file is uploaded whole in place.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-import pathlib
+import re
 from typing import Any
 
+from etils import epath
 import numpy as np
 
 from nrc_jax.errors import DataError
@@ -61,20 +68,38 @@ def rows_from_json(rows: list[dict]) -> list[dict]:
     return [_none_to_nan(r) for r in rows]
 
 
+# --------------------------------------------------------------------- paths
+def is_url(path: PathLike) -> bool:
+    """True for a URL such as gs://bucket/run (an object store), False for a local path."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", os.fspath(path)) is not None
+
+
+def workdir_path(workdir: PathLike) -> epath.Path:
+    """The workdir (or a file in it) as an `etils.epath.Path`: local, or on an object store."""
+    return epath.Path(workdir)
+
+
 # --------------------------------------------------------------------- atomic writes
 def replace_atomic(path: PathLike, text: str) -> None:
-    """Writes `text` to path + ".tmp", fsyncs and renames it over `path`; a failed write (a full
-    disk) removes the temporary file and leaves `path` as it was."""
-    tmp = os.fspath(path) + ".tmp"
+    """Replaces the file at `path` by `text`, atomically (see the module docstring).
+
+    Locally: writes path + ".tmp", fsyncs and renames it over `path`; a failed write (a full disk)
+    removes the temporary file and leaves `path` as it was. On an object store: one upload.
+    """
+    path = workdir_path(path)
+    if is_url(path):
+        path.write_text(text)
+        return
+    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "w") as f:
+        with tmp.open("w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp.replace(path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
         raise
 
 
@@ -95,11 +120,10 @@ def read_metrics(workdir: PathLike, *, strict: bool = False) -> list[dict]:
     the file from its checkpoint on resume) unless `strict`, where they and rows without an
     "epoch" raise DataError naming the line.
     """
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = workdir_path(workdir) / METRICS_FILE
+    if not path.exists():
         return []
-    with open(path) as f:
-        lines = f.read().split("\n")
+    lines = path.read_text().split("\n")
     if lines[-1] == "":
         lines.pop()  # the newline that ends the last row
     rows = []
@@ -116,25 +140,24 @@ def read_metrics(workdir: PathLike, *, strict: bool = False) -> list[dict]:
     return rows
 
 
-def _read_json(path: str) -> Any:
+def _read_json(path: epath.Path) -> Any:
     """The JSON document at `path`, None when there is no such file; DataError when it is not JSON."""
-    if not os.path.isfile(path):
+    if not path.is_file():
         return None
     try:
-        with open(path) as f:
-            return json.load(f)
+        return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON ({err})") from None
 
 
 def read_config(workdir: PathLike) -> dict | None:
     """config.json as a nested dict (tuples are lists there); None when the workdir has none."""
-    return _read_json(os.path.join(workdir, CONFIG_FILE))
+    return _read_json(workdir_path(workdir) / CONFIG_FILE)
 
 
 def read_summary(workdir: PathLike) -> dict | None:
     """summary.json ({"members": [...], "data": {...}}); None before the run finished."""
-    return _read_json(os.path.join(workdir, SUMMARY_FILE))
+    return _read_json(workdir_path(workdir) / SUMMARY_FILE)
 
 
 def rows_by_member(rows: list[dict]) -> dict[int, list[dict]]:
@@ -150,7 +173,7 @@ class RunFiles:
     """What a training workdir holds, read once: config ({} without config.json), the metrics rows
     (NaN restored) and the summary (None while the run is unfinished)."""
 
-    path: pathlib.Path
+    path: epath.Path
     config: dict
     rows: list[dict]
     summary: dict | None
@@ -177,7 +200,7 @@ class RunFiles:
 def load(workdir: PathLike) -> RunFiles:
     """Reads a training workdir (`read_metrics(strict=True)`); DataError naming the path when the
     folder, its metrics.jsonl or any row is missing, or a file is not JSON."""
-    path = pathlib.Path(workdir)
+    path = workdir_path(workdir)
     if not path.is_dir():
         raise DataError(f"workdir {path} does not exist (or is not a directory)")
     if not (path / METRICS_FILE).is_file():

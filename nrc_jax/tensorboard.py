@@ -4,20 +4,50 @@ member, `tensorboard/<member_label>/`, holding the config as text, the member's 
 
 The scalars are exactly the rows of metrics.jsonl: `event_writers` removes older event files of a
 member, and `RunWriter` logs its whole history again on resume.
+
+A workdir on an object store gets event files only when tensorboardX's client for it is installed
+(google-cloud-storage for gs://, boto3 for s3://); otherwise one warning says so and the run goes
+on without TensorBoard (metrics.jsonl holds every scalar).
 """
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
+import logging
 import os
 from typing import Any
 
 import ml_collections
 import numpy as np
 
+from nrc_jax import run_files
 from nrc_jax.sweeps import SWEEP_FIELDS, member_label
 
 HPARAM_METRICS = ("train_mse", "test_mse", "nrc1", "nrc2", "nrc3", "loss")
+# The module tensorboardX writes each object store with, and its pip package.
+STORE_CLIENTS = {"gs": ("google.cloud.storage", "google-cloud-storage"), "s3": ("boto3", "boto3")}
+
+log = logging.getLogger(__name__)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package (google.cloud)
+        return False
+
+
+def unwritable_reason(workdir: str) -> str | None:
+    """Why tensorboardX cannot write event files under `workdir`; None when it can (a local path,
+    or an object store whose client is installed)."""
+    if not run_files.is_url(workdir):
+        return None
+    scheme = workdir.split("://", 1)[0].lower()
+    if scheme not in STORE_CLIENTS:
+        return f"tensorboardX cannot write {scheme}:// paths"
+    module, package = STORE_CLIENTS[scheme]
+    return None if _importable(module) else f"tensorboardX writes {scheme}:// through {package}, which is not installed"
 
 
 def scalars(row: dict) -> dict[str, float]:
@@ -49,18 +79,31 @@ def _summary(row: dict):
 
 def event_writers(workdir: str, members: list[dict], config: ml_collections.ConfigDict | None = None) -> list:
     """A fresh tensorboardX SummaryWriter per member; older event files there are removed. With
-    `config`, each file starts with the run's config as text and the member's hyperparameters."""
+    `config`, each file starts with the run's config as text and the member's hyperparameters.
+    None at all, after one warning, when tensorboardX cannot write there (`unwritable_reason`)."""
     from tensorboardX import SummaryWriter
 
+    reason = unwritable_reason(workdir)
+    if reason is not None:
+        log.warning("no TensorBoard events in %s: %s; training goes on (metrics.jsonl holds every row)", workdir, reason)
+        return []
     writers = []
     for m in members:
         logdir = os.path.join(workdir, "tensorboard", member_label(m))
-        for old in glob.glob(os.path.join(glob.escape(logdir), "events.out.tfevents.*")):
-            os.remove(old)
+        _remove_event_files(logdir)
         writers.append(SummaryWriter(logdir))
         if config is not None:
             _describe_run(writers[-1], config, m)
     return writers
+
+
+def _remove_event_files(logdir: str) -> None:
+    if run_files.is_url(logdir):
+        for old in run_files.workdir_path(logdir).glob("events.out.tfevents.*"):
+            old.unlink()
+        return
+    for old in glob.glob(os.path.join(glob.escape(logdir), "events.out.tfevents.*")):
+        os.remove(old)
 
 
 def run_hparams(config: ml_collections.ConfigDict, member: dict) -> dict[str, Any]:

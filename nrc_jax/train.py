@@ -97,7 +97,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raises `locking.WorkdirBusyError` before touching anything there.
     """
     validate.validate_config(config, num_devices=jax.device_count())  # before any loading or compiling
-    workdir = validate.local_workdir(workdir)
+    workdir = validate.workdir_location(workdir)
     with locking.RunLock(workdir):
         try:
             return _train_locked(config, workdir)

@@ -12,6 +12,7 @@ import dataclasses
 import importlib.util
 import math
 import numbers
+import os
 import re
 import urllib.parse
 from typing import Any, Callable
@@ -253,17 +254,26 @@ def validate_config(config: ml_collections.ConfigDict, *, num_devices: int | Non
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems) if len(problems) > 1 else problems[0])
 
 
-# URL schemes etils.epath (and Orbax) read, with the client library each needs.
-REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+# Object stores a workdir may be on: etils.epath writes its files through fsspec (with the client
+# library named) and Orbax's tensorstore writes the checkpoints natively.
+REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs"}
+# Schemes etils.epath reads but tensorstore cannot hold Orbax checkpoints on.
+NO_CHECKPOINT_SCHEMES = ("az", "hf")
 
 
-def local_workdir(workdir: str) -> str:
-    """`workdir` as a local path (a `file://` URL becomes its path); other URLs raise ConfigError
-    before anything is created, locally or remotely.
+def _epath_can_open(scheme: str) -> bool:
+    """etils.epath's rule: gs:// through TensorFlow when it is installed (unless EPATH_USE_TF is
+    off), otherwise through fsspec and the scheme's client library."""
+    if scheme == "gs" and importlib.util.find_spec("tensorflow") is not None and os.environ.get(
+            "EPATH_USE_TF", "").lower() not in ("false", "no", "f", "0"):
+        return True
+    return all(importlib.util.find_spec(m) is not None for m in ("fsspec", REMOTE_SCHEMES[scheme]))
 
-    A run's workdir lock (fcntl), the in-place appends to metrics.jsonl and the TensorBoard files
-    need a POSIX file system, so a bucket is used through a mount (gcsfuse, s3fs-fuse, blobfuse2).
-    """
+
+def workdir_location(workdir: str) -> str:
+    """`workdir` as a local path (a `file://` URL becomes its path) or an object-store URL that
+    etils.epath can open (gs://, s3:// with their client library installed); any other URL raises
+    ConfigError before anything is created, locally or remotely."""
     match = re.match(r"([A-Za-z][A-Za-z0-9+.-]*)://", workdir)
     if not match:
         return workdir
@@ -271,13 +281,17 @@ def local_workdir(workdir: str) -> str:
     if scheme == "file":
         return urllib.parse.unquote(urllib.parse.urlparse(workdir).path) or "/"
     if scheme in REMOTE_SCHEMES:
+        if _epath_can_open(scheme):
+            return workdir
         client = REMOTE_SCHEMES[scheme]
-        missing = "" if importlib.util.find_spec(client) else f", and {client} for {scheme}:// paths is not installed"
-        raise ConfigError(f"--workdir={workdir}: {scheme}:// workdirs are not supported (a run locks its workdir and "
-                          f"appends to metrics.jsonl, which needs a POSIX file system{missing}); use a local "
-                          "directory or the bucket mounted (gcsfuse, s3fs-fuse, blobfuse2); nothing was created")
-    raise ConfigError(f"--workdir={workdir}: unknown URL scheme {scheme}://; give a directory path "
-                      "(or file:///abs/path); nothing was created")
+        raise ConfigError(f"--workdir={workdir}: {scheme}:// workdirs need {client}, which is not installed (pip "
+                          f"install {client}); or use a local directory or the bucket mounted (gcsfuse, s3fs-fuse); "
+                          "nothing was created")
+    if scheme in NO_CHECKPOINT_SCHEMES:
+        raise ConfigError(f"--workdir={workdir}: {scheme}:// workdirs are not supported (Orbax's tensorstore cannot "
+                          "write checkpoints there); use a local directory, gs://, s3:// or a mount; nothing was created")
+    raise ConfigError(f"--workdir={workdir}: unknown URL scheme {scheme}://; give a directory path, "
+                      "file:///abs/path, gs:// or s3://; nothing was created")
 
 
 def feature_width(model_config: ml_collections.ConfigDict) -> int:

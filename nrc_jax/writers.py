@@ -9,6 +9,12 @@ rewritten to exactly the rows up to the restored epoch (a deleted, truncated or 
 repaired). Checkpoints made before the history existed fall back to the file's own rows up to that
 epoch. A file that vanishes during the run is re-created, with every row so far, at the next write
 (with a warning).
+
+On an object store (gs://, s3://) an object cannot be appended to, so metrics.jsonl is uploaded
+whole at each evaluation (one upload is atomic, so a kill loses no row already logged; buffering
+would lose the rows since the last upload when a TPU VM is preempted); its size grows with the
+rows, which stay small next to a checkpoint. TensorBoard events go there only when tensorboardX's
+client for that store is installed (`tensorboard.event_writers`).
 """
 from __future__ import annotations
 
@@ -65,18 +71,21 @@ class RunWriter:
         self.workdir, self.members, self.enabled = workdir, members, enabled
         self.config = config
         self._tb, self._bar, self._file = [], None, None
-        self.path = os.path.join(workdir, METRICS_FILE)
+        self.path = run_files.workdir_path(workdir) / METRICS_FILE
+        self.on_object_store = run_files.is_url(workdir)
         if history is not None:
             self.history = [r for r in run_files.rows_from_json(history) if r["epoch"] <= resume_epoch]
         else:
             self.history = [r for r in run_files.read_metrics(workdir) if r["epoch"] <= resume_epoch] if resume_epoch else []
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        run_files.write_json_atomic(os.path.join(workdir, CONFIG_FILE), json.loads(config.to_json_best_effort()))
+        run_files.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+        run_files.write_json_atomic(run_files.workdir_path(workdir) / CONFIG_FILE,
+                                    json.loads(config.to_json_best_effort()))
         self._warn_if_repaired(resume_epoch)
         run_files.write_lines_atomic(self.path, self.history)
-        self._file = open(self.path, "a")
+        if not self.on_object_store:
+            self._file = self.path.open("a")
         self._tb = tensorboard.event_writers(workdir, members, config)
         self._log_tensorboard(self.history)
         if config.train.progress_bar:
@@ -95,20 +104,26 @@ class RunWriter:
                         "checkpoint", self.path, len(on_file), resume_epoch, len(self.history))
 
     def write(self, rows: list[dict]) -> None:
-        """Appends the rows of one evaluation (all members) and logs them to TensorBoard."""
+        """Appends the rows of one evaluation (all members) and logs them to TensorBoard (on an
+        object store: uploads metrics.jsonl again, whole)."""
         self.history.extend(rows)
         if not self.enabled:
             return
-        if self._reopen_if_vanished(len(rows)):
+        if self.on_object_store:
+            run_files.write_lines_atomic(self.path, self.history)
+        elif self._reopen_if_vanished(len(rows)):
             return  # re-created with the whole history, these rows included
-        self._file.write("".join(json_line(r) for r in rows))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        else:
+            self._file.write("".join(json_line(r) for r in rows))
+            self._file.flush()
+            os.fsync(self._file.fileno())
         self._log_tensorboard(rows)
         if self._bar is not None:
             self._bar.report(rows[0])
 
     def _log_tensorboard(self, rows: list[dict]) -> None:
+        if not self._tb:  # an object store tensorboardX cannot write to (warned at the start)
+            return
         for row in rows:
             tensorboard.add_row(self._tb[row["sweep_index"]], row)
         for tb in self._tb:
@@ -138,7 +153,7 @@ class RunWriter:
                     len(self.history))
         self._file.close()
         run_files.write_lines_atomic(self.path, self.history)
-        self._file = open(self.path, "a")
+        self._file = self.path.open("a")
         self._log_tensorboard(self.history[len(self.history) - new_rows:])
         return True
 
@@ -154,7 +169,7 @@ class RunWriter:
                 self._file.close()
                 self._file = None
             run_files.write_lines_atomic(self.path, rows)
-        run_files.write_json_atomic(os.path.join(self.workdir, SUMMARY_FILE), doc)
+        run_files.write_json_atomic(run_files.workdir_path(self.workdir) / SUMMARY_FILE, doc)
         return doc
 
     def close(self) -> None:

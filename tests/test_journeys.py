@@ -195,8 +195,8 @@ def test_a_workdir_url_nrc_jax_cannot_write_is_one_error_line_and_creates_nothin
 def test_file_urls_are_local_paths():
     from nrc_jax import validate
 
-    assert validate.local_workdir("file:///tmp/runs/a%20b") == "/tmp/runs/a b"
-    assert validate.local_workdir("runs/x") == "runs/x"
+    assert validate.workdir_location("file:///tmp/runs/a%20b") == "/tmp/runs/a b"
+    assert validate.workdir_location("runs/x") == "runs/x"
 
 
 def test_studies_and_reproduce_find_the_configs_from_another_directory(tmp_path):

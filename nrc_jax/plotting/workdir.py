@@ -226,5 +226,6 @@ def load_workdirs(paths: Sequence[str | pathlib.Path]) -> list[Workdir]:
     """Loads every workdir; the first missing or malformed one raises DataError naming its path."""
     if not paths:
         raise DataError("no workdir given; pass at least one training workdir")
-    unique = list(dict.fromkeys(pathlib.Path(p).resolve() for p in paths))  # a repeated path would double its seeds
+    unique = list(dict.fromkeys(run_files.workdir_path(p) if run_files.is_url(p) else pathlib.Path(p).resolve()
+                                for p in paths))  # a repeated path would double its seeds
     return [load_workdir(p) for p in unique]
