@@ -185,11 +185,7 @@ class Checkpoints:
             aside = f"{base}.{copies}"
         log.warning("checkpoint %s is unreadable (%s); moved to %s, trying the previous one", where, reason, aside)
         if jax.process_index() == 0:
-            run_files.workdir_path(aside).parent.mkdir(parents=True, exist_ok=True)
-            if run_files.is_url(where):
-                run_files.workdir_path(where).rename(aside)
-            else:
-                shutil.move(where, aside)
+            _move_aside(where, aside)
         ocp.multihost.sync_global_processes(f"nrc_jax_skip_unreadable_{step}")
         self.manager.reload()
 
@@ -221,6 +217,19 @@ class Checkpoints:
             self.manager.wait_until_finished()
         finally:
             self.manager.close()
+
+
+def _move_aside(step_dir: str, aside: str) -> None:
+    """Moves a step's folder to `aside` (whose parent may not exist yet)."""
+    if not run_files.is_url(step_dir):
+        os.makedirs(os.path.dirname(aside), exist_ok=True)
+        shutil.move(step_dir, aside)
+        return
+    # On an object store a folder exists once an object is named under it, and epath's rename (a
+    # recursive copy and delete) wants the destination's folder to exist.
+    note = run_files.workdir_path(aside).parent / "README"
+    note.write_text("checkpoint steps that failed to read, moved aside by nrc_jax\n")
+    run_files.workdir_path(step_dir).rename(aside)
 
 
 def checkpoint_directory(workdir: str) -> str:

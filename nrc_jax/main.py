@@ -18,7 +18,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a python config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.")
+_WORKDIR = flags.DEFINE_string("workdir", None,
+                               "Directory (or gs:// / s3:// URL) for checkpoints, metrics and summaries.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -85,7 +85,8 @@ def event_writers(workdir: str, members: list[dict], config: ml_collections.Conf
 
     reason = unwritable_reason(workdir)
     if reason is not None:
-        log.warning("no TensorBoard events in %s: %s; training goes on (metrics.jsonl holds every row)", workdir, reason)
+        log.warning("no TensorBoard events in %s: %s; training goes on (metrics.jsonl holds every row)",
+                    workdir, reason)
         return []
     writers = []
     for m in members:

@@ -288,8 +288,9 @@ def workdir_location(workdir: str) -> str:
                           f"install {client}); or use a local directory or the bucket mounted (gcsfuse, s3fs-fuse); "
                           "nothing was created")
     if scheme in NO_CHECKPOINT_SCHEMES:
-        raise ConfigError(f"--workdir={workdir}: {scheme}:// workdirs are not supported (Orbax's tensorstore cannot "
-                          "write checkpoints there); use a local directory, gs://, s3:// or a mount; nothing was created")
+        raise ConfigError(f"--workdir={workdir}: {scheme}:// workdirs are not supported (Orbax's tensorstore "
+                          "cannot write checkpoints there); use a local directory, gs://, s3:// or a mount; nothing "
+                          "was created")
     raise ConfigError(f"--workdir={workdir}: unknown URL scheme {scheme}://; give a directory path, "
                       "file:///abs/path, gs:// or s3://; nothing was created")
 

@@ -79,7 +79,8 @@ class RunWriter:
             self.history = [r for r in run_files.read_metrics(workdir) if r["epoch"] <= resume_epoch] if resume_epoch else []
         if not enabled:
             return
-        run_files.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
+        if not self.on_object_store:  # a store has no folders (and gcsfs would create a missing bucket)
+            run_files.workdir_path(workdir).mkdir(parents=True, exist_ok=True)
         run_files.write_json_atomic(run_files.workdir_path(workdir) / CONFIG_FILE,
                                     json.loads(config.to_json_best_effort()))
         self._warn_if_repaired(resume_epoch)

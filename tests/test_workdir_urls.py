@@ -119,6 +119,7 @@ def test_the_run_writer_uploads_metrics_whole_at_each_evaluation_and_goes_on_wit
         assert metrics.read_text() == "".join(run_files.json_line(r) for r in written)
     log.close()
     assert {c[2] for c in calls if c[0] == "open"} <= {"r", "w"}  # never an append
+    assert not [c for c in calls if c[0] in ("mkdir", "makedirs")]  # gcsfs would create a missing bucket
     assert sum(c[0] == "open" and c[1].endswith("metrics.jsonl") and c[2] == "w" for c in calls) == 4
     assert not (root / "run" / "tensorboard").exists()
     resumed = writers.RunWriter(f"{BUCKET}/run", config, members, resume_epoch=2)
