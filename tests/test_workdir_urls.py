@@ -1,16 +1,23 @@
-"""Workdirs on an object store (gs://), offline: `etils.epath.testing.mock_epath` maps gs://bucket/
-onto a local folder and behaves like a bucket there (no append, no rename), so every workdir file
-write and read that goes through etils.epath is exercised in-process. Orbax checkpoints are not:
-Orbax hands gs:// to tensorstore, which the mock does not reach."""
+"""Workdirs on an object store (gs://), offline, two ways: `etils.epath.testing.mock_epath` maps
+gs://bucket/ onto a local folder, and etils.epath's own fsspec backend (the one gcsfs plugs into) is
+pointed at an in-memory file system without folders. Both behave like a bucket (no append, no
+rename), so every workdir file write and read that goes through etils.epath is exercised
+in-process. Orbax checkpoints are not: Orbax hands gs:// to tensorstore, which neither reaches."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+from typing import Callable
+from unittest import mock
 
 import ml_collections
 import pytest
+from etils.epath import backend as epath_backend
+from etils.epath import gpath
 from etils.epath import testing as epath_testing
+from fsspec.implementations.memory import MemoryFileSystem
 
 from nrc_jax import checkpoints, evidence, locking, run_files, tensorboard, validate, writers
 from nrc_jax.errors import ConfigError
@@ -24,12 +31,18 @@ def row(epoch: int, index: int = 0, **values) -> dict:
             **values}
 
 
-@pytest.fixture
-def bucket(tmp_path):
-    """gs://bucket/... stored under tmp_path/bucket/; returns (that folder, the calls made on gs:// paths).
-    Like a bucket it refuses appends and renames, so a test fails if the code relies on either."""
-    root = tmp_path / "bucket"
-    root.mkdir()
+@dataclasses.dataclass
+class Bucket:
+    """What a test sees of gs://bucket: the text of an object (None when there is none), every
+    object's key, and the operations made on gs:// paths as (name, path, mode...)."""
+
+    read: Callable[[str], str | None]
+    keys: Callable[[], list[str]]
+    calls: list[tuple]
+
+
+def mocked_epath_bucket(root):
+    """gs://bucket/... stored under the local folder `root`, through epath's mock_epath."""
     calls = []
 
     def local(path):
@@ -52,13 +65,83 @@ def bucket(tmp_path):
             return original(local(path), *args, **kwargs)
         return fn
 
+    def read(key):
+        path = root / key
+        return path.read_text() if path.is_file() else None
+
+    def keys():
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
     names = ("open", "exists", "isdir", "listdir", "glob", "makedirs", "mkdir", "remove", "rename", "replace", "stat")
-    with epath_testing.mock_epath(**{name: on(name) for name in names}):
-        yield root, calls
+    return epath_testing.mock_epath(**{name: on(name) for name in names}), Bucket(read, keys, calls)
+
+
+class _MemoryBucket(MemoryFileSystem):
+    """An in-memory gs:// without folders that refuses appends and renames, as a bucket does."""
+
+    protocol = ("gs",)
+    cachable = False
+    store: dict = {}
+    pseudo_dirs: list = [""]
+    calls: list = []
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        path = os.fspath(path)
+        return super()._strip_protocol(path[len("gs://"):] if path.startswith("gs://") else path)
+
+    def open(self, path, mode="rb", **kwargs):
+        if os.fspath(path).startswith(BUCKET):  # epath's call, not fsspec's own text-mode wrapping
+            self.calls.append(("open", os.fspath(path), mode))
+        if "a" in mode:
+            raise NotImplementedError("objects cannot be appended to")
+        return super().open(path, mode, **kwargs)
+
+    def makedirs(self, path, exist_ok=False):
+        self.calls.append(("makedirs", os.fspath(path)))
+        return super().makedirs(path, exist_ok=exist_ok)
+
+    def mkdir(self, path, create_parents=True, **kwargs):
+        self.calls.append(("mkdir", os.fspath(path)))
+        return super().mkdir(path, create_parents=create_parents, **kwargs)
+
+    def mv(self, *args, **kwargs):
+        raise NotImplementedError("a bucket has no atomic rename")
+
+
+class _MemoryBackend(epath_backend._FileSystemSpecBackend):  # noqa: SLF001 - gcsfs's place in epath
+    def _get_filesystem(self, name):
+        return _MemoryBucket()
+
+
+def fsspec_memory_bucket():
+    """gs://bucket/... in memory, through etils.epath's fsspec backend."""
+    _MemoryBucket.store, _MemoryBucket.pseudo_dirs, _MemoryBucket.calls = {}, [""], []
+
+    def read(key):
+        found = _MemoryBucket.store.get(f"/bucket/{key}")
+        return None if found is None else found.getvalue().decode()
+
+    def keys():
+        return sorted(k[len("/bucket/"):] for k in _MemoryBucket.store)
+
+    patch = mock.patch.dict(gpath._PREFIX_TO_BACKEND, {"gs": _MemoryBackend()})  # noqa: SLF001
+    return patch, Bucket(read, keys, _MemoryBucket.calls)
+
+
+@pytest.fixture(params=["mock_epath", "fsspec_memory"])
+def bucket(request, tmp_path):
+    """gs://bucket, one of two stand-ins (see the module docstring)."""
+    if request.param == "mock_epath":
+        (tmp_path / "bucket").mkdir()
+        patch, view = mocked_epath_bucket(tmp_path / "bucket")
+    else:
+        patch, view = fsspec_memory_bucket()
+    with patch:
+        yield view
 
 
 def test_replacements_on_a_bucket_are_one_whole_write_in_the_local_format(bucket, tmp_path):
-    root, calls = bucket
     rows = [row(0), row(0, 1), row(2, time_s=1.5)]
     run_files.write_lines_atomic(f"{BUCKET}/run/metrics.jsonl", rows)
     run_files.write_json_atomic(f"{BUCKET}/run/config.json", {"train": {"epochs": 2}, "x": float("inf")})
@@ -67,13 +150,12 @@ def test_replacements_on_a_bucket_are_one_whole_write_in_the_local_format(bucket
     run_files.write_lines_atomic(local / "metrics.jsonl", rows)
     run_files.write_json_atomic(local / "config.json", {"train": {"epochs": 2}, "x": float("inf")})
     for name in ("metrics.jsonl", "config.json"):
-        assert (root / "run" / name).read_bytes() == (local / name).read_bytes()
-    assert sorted(p.name for p in (root / "run").iterdir()) == ["config.json", "metrics.jsonl"]  # no .tmp
-    assert [c[0] for c in calls] == ["open", "open"] and all(c[2] == "w" for c in calls)
+        assert bucket.read(f"run/{name}") == (local / name).read_text()
+    assert bucket.keys() == ["run/config.json", "run/metrics.jsonl"]  # no .tmp
+    assert [(c[0], c[2]) for c in bucket.calls] == [("open", "w"), ("open", "w")]
 
 
 def test_the_workdir_reader_reads_a_bucket(bucket):
-    root, _ = bucket
     run_files.write_lines_atomic(f"{BUCKET}/run/metrics.jsonl", [row(0), row(2, 1), row(2)])
     run_files.write_json_atomic(f"{BUCKET}/run/config.json", {"train": {"epochs": 2}})
     run = run_files.load(f"{BUCKET}/run")
@@ -99,7 +181,6 @@ def test_plot_and_evidence_read_a_bucket_workdir(bucket, tmp_path):
 
 def test_the_run_writer_uploads_metrics_whole_at_each_evaluation_and_goes_on_without_tensorboard(
         bucket, monkeypatch, caplog):
-    root, calls = bucket
     monkeypatch.setattr(tensorboard, "_importable", lambda module: False)  # google-cloud-storage absent
     config = ml_collections.ConfigDict({"train": {"epochs": 4, "progress_bar": False}})
     members = [{"sweep": {"weight_decay": 0.0}}, {"sweep": {"weight_decay": 0.1}}]
@@ -108,20 +189,20 @@ def test_the_run_writer_uploads_metrics_whole_at_each_evaluation_and_goes_on_wit
     assert [r.getMessage() for r in caplog.records] == [
         f"no TensorBoard events in {BUCKET}/run: tensorboardX writes gs:// through google-cloud-storage, which "
         "is not installed; training goes on (metrics.jsonl holds every row)"]
-    assert json.loads((root / "run" / "config.json").read_text()) == config.to_dict()
-    metrics = root / "run" / "metrics.jsonl"
-    assert metrics.read_text() == ""
+    assert json.loads(bucket.read("run/config.json")) == config.to_dict()
+    assert bucket.read("run/metrics.jsonl") == ""
     written = []
     for epoch in (0, 2, 4):
         rows = [row(epoch), row(epoch, 1)]
         written += rows
         log.write(rows)
-        assert metrics.read_text() == "".join(run_files.json_line(r) for r in written)
+        assert bucket.read("run/metrics.jsonl") == "".join(run_files.json_line(r) for r in written)
     log.close()
-    assert {c[2] for c in calls if c[0] == "open"} <= {"r", "w"}  # never an append
-    assert not [c for c in calls if c[0] in ("mkdir", "makedirs")]  # gcsfs would create a missing bucket
-    assert sum(c[0] == "open" and c[1].endswith("metrics.jsonl") and c[2] == "w" for c in calls) == 4
-    assert not (root / "run" / "tensorboard").exists()
+    opens = [c for c in bucket.calls if c[0] == "open"]
+    assert {c[2] for c in opens} <= {"r", "w"}  # never an append
+    assert not [c for c in bucket.calls if c[0] in ("mkdir", "makedirs")]  # gcsfs would create a missing bucket
+    assert sum(c[1].endswith("metrics.jsonl") and c[2] == "w" for c in opens) == 4
+    assert bucket.keys() == ["run/config.json", "run/metrics.jsonl"]  # no tensorboard/
     resumed = writers.RunWriter(f"{BUCKET}/run", config, members, resume_epoch=2)
     assert [r["epoch"] for r in resumed.history] == [0, 0, 2, 2]  # a checkpoint without history: the file's rows
     assert len(run_files.read_metrics(f"{BUCKET}/run")) == 4
@@ -149,3 +230,14 @@ def test_bucket_urls_are_accepted_when_epath_can_open_them(monkeypatch):
         validate.workdir_location(f"{BUCKET}/run")
     with pytest.raises(ConfigError, match="Orbax's tensorstore cannot write checkpoints there"):
         validate.workdir_location("az://container/run")
+
+
+@pytest.mark.parametrize("bucket", ["fsspec_memory"], indirect=True)
+def test_an_unreadable_step_on_a_bucket_is_moved_aside_by_copy_and_delete(bucket, monkeypatch):
+    monkeypatch.setattr(_MemoryBucket, "mv", MemoryFileSystem.mv)  # gcsfs's mv: a copy, then a delete
+    for key in ("checkpoints/3/state/data", "checkpoints/3/meta/metadata", "checkpoints/5/meta/metadata"):
+        run_files.workdir_path(f"{BUCKET}/run/{key}").write_text(key)
+    checkpoints._move_aside(f"{BUCKET}/run/checkpoints/3", f"{BUCKET}/run/checkpoints_unreadable/3")  # noqa: SLF001
+    assert bucket.keys() == ["run/checkpoints/5/meta/metadata", "run/checkpoints_unreadable/3/meta/metadata",
+                             "run/checkpoints_unreadable/3/state/data", "run/checkpoints_unreadable/README"]
+    assert bucket.read("run/checkpoints_unreadable/3/state/data") == "checkpoints/3/state/data"
