@@ -9,7 +9,7 @@ matmul FLOPs at the measured peak rate. Every ratio in the report names its refe
 
 Sections (each prints its raw numbers; the markdown report collects them):
   peak     f32 matmul rate of this machine with the same JAX (jitted jnp.dot, square matrices).
-  metrics  the NRC computation alone on the same features: nrc_jax.metrics vs the published
+  metrics  the NRC computation alone on the same features: nrc_jax.core.metrics vs the published
            reference's sklearn PCA + Gram-Schmidt + gamma loop and the competent one's torch eigh.
   train    ms/epoch of training: marginal time per epoch of nrc_jax's compiled `train_chunk`
            (difference of two chunk lengths, so evaluation and dispatch cancel) vs both reference
@@ -216,7 +216,7 @@ def bench_metrics(size: Size, repeats: int) -> dict[str, Any]:
     import torch
     import torch_competent
     import torch_reference
-    from nrc_jax import metrics
+    from nrc_jax.core import metrics
 
     run = reference_run(size)
     for _ in range(2):
@@ -306,16 +306,16 @@ class Engine:
 
 def make_engine(size: Size, num_members: int = 1, overrides: dict[str, Any] | None = None) -> Engine:
     import torch_reference  # for its random data: the reference trains on the same arrays
-    from nrc_jax import engine, engine_memory, sweeps
+    from nrc_jax.engine import learner, memory, sweeps
     from nrc_jax.data import RegressionData
 
     config = mlp_config({"train.eval_every": EVAL_EVERY, **(overrides or {})})
     if num_members > 1:
         config.sweep.seed = tuple(range(num_members))
     data = RegressionData(size.name, *torch_reference.random_regression_data(size.train, size.in_dim, size.out_dim))
-    mesh = engine.make_mesh(-1)  # one CPU device unless XLA_FLAGS forces more (an env variant)
-    trainer = engine_memory.Trainer(config, mesh, data.input_shape, data.target_dim)
-    device_data = engine_memory.put_data(data, mesh, config.train.eval_chunk)
+    mesh = learner.make_mesh(-1)  # one CPU device unless XLA_FLAGS forces more (an env variant)
+    trainer = memory.Trainer(config, mesh, data.input_shape, data.target_dim)
+    device_data = memory.put_data(data, mesh, config.train.eval_chunk)
     return Engine(trainer, device_data, trainer.create_state(sweeps.sweep_members(config)), num_members)
 
 

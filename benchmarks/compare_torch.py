@@ -130,15 +130,15 @@ def jax_runs(dataset: str, seeds: list[int], epochs: int, every: int, workdir: s
     import jax
     import jax.numpy as jnp
 
-    from nrc_jax import engine, engine_memory, models, sweeps, train
+    from nrc_jax.engine import learner, memory, models, sweeps, train
 
     config = jax_config(dataset, seeds, epochs, every)
     data = train.load_dataset(config.data)
-    mesh = engine.make_mesh(1)
-    trainer = engine_memory.get_trainer(config, mesh, data.input_shape, data.target_dim)
+    mesh = learner.make_mesh(1)
+    trainer = memory.get_trainer(config, mesh, data.input_shape, data.target_dim)
     members = sweeps.sweep_members(config)
     state = trainer.create_state(members)
-    device_data = engine_memory.put_data(data, mesh, config.train.eval_chunk)
+    device_data = memory.put_data(data, mesh, config.train.eval_chunk)
     out: dict[int, list[dict]] = {s: [] for s in seeds}
     done = 0
     for target in train.eval_epochs(0, config):
@@ -230,7 +230,7 @@ def _part(parts: pathlib.Path, name: str, compute) -> dict:
 
 def run_side(dataset: str, side: str, seeds: list[int], quick: bool, parts: pathlib.Path) -> tuple[list, float]:
     """Every seed's evaluation rows of one side ('torch' or 'jax') and the CPU seconds they took."""
-    from nrc_jax import train
+    from nrc_jax.engine import train
 
     epochs = (QUICK_EPOCHS if quick else DEFAULT_EPOCHS)[dataset]
     every = max(epochs // EVALUATIONS, 1)

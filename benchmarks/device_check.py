@@ -117,15 +117,15 @@ def random_data(size: bench.Size, seed: int = 0):
 
 def make_engine(size: bench.Size, num_members: int) -> bench.Engine:
     """configs/mlp.py's trainer with `num_members` sweep members on one device, data on the device."""
-    from nrc_jax import engine, engine_memory, sweeps
+    from nrc_jax.engine import learner, memory, sweeps
 
     config = bench.mlp_config({"train.eval_every": bench.EVAL_EVERY})
     if num_members > 1:
         config.sweep.seed = tuple(range(num_members))
     data = random_data(size)
-    mesh = engine.make_mesh(1)
-    trainer = engine_memory.Trainer(config, mesh, data.input_shape, data.target_dim)
-    return bench.Engine(trainer, engine_memory.put_data(data, mesh, config.train.eval_chunk),
+    mesh = learner.make_mesh(1)
+    trainer = memory.Trainer(config, mesh, data.input_shape, data.target_dim)
+    return bench.Engine(trainer, memory.put_data(data, mesh, config.train.eval_chunk),
                         trainer.create_state(sweeps.sweep_members(config)), num_members)
 
 

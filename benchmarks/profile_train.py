@@ -63,15 +63,15 @@ VARIANTS = {  # per-executable XLA options (jax.jit(compiler_options=...)), comp
 
 def profile(size: str, overrides: dict, repeats: int, epochs: tuple[int, int], variants: list[str]) -> dict:
     """{variant: timings}; the variants' chunks are interleaved, so load drifts hit them alike."""
-    from nrc_jax import engine, engine_memory, sweeps
+    from nrc_jax.engine import learner, memory, sweeps
     config = mlp_config(overrides)
     data = random_data(size, *SIZES[size])
     members = sweeps.sweep_members(config)
     trainers, device_data, fns, evals, states = {}, {}, {}, {}, {}
     for v in variants:
-        mesh = engine.make_mesh(2 if v.startswith("mesh of 2") else 1)
-        trainers[v] = engine_memory.Trainer(config, mesh, data.input_shape, data.target_dim)
-        device_data[v] = engine_memory.put_data(data, mesh, config.train.eval_chunk)
+        mesh = learner.make_mesh(2 if v.startswith("mesh of 2") else 1)
+        trainers[v] = memory.Trainer(config, mesh, data.input_shape, data.target_dim)
+        device_data[v] = memory.put_data(data, mesh, config.train.eval_chunk)
         fns[v] = jax.jit(trainers[v]._train_chunk, donate_argnums=0, compiler_options=VARIANTS[v] or None)
         evals[v] = jax.jit(trainers[v]._evaluate, compiler_options=VARIANTS[v] or None)
         states[v] = trainers[v].create_state(members)
@@ -136,11 +136,11 @@ def op_breakdown(size: str, overrides: dict, epochs: int, top: int = 20) -> None
     import glob
     import re
     import tempfile
-    from nrc_jax import engine, engine_memory, sweeps
+    from nrc_jax.engine import learner, memory, sweeps
     config = mlp_config(overrides)
     data = random_data(size, *SIZES[size])
-    trainer = engine_memory.Trainer(config, engine.make_mesh(1), data.input_shape, data.target_dim)
-    device_data = engine_memory.put_data(data, trainer.mesh, config.train.eval_chunk)
+    trainer = memory.Trainer(config, learner.make_mesh(1), data.input_shape, data.target_dim)
+    device_data = memory.put_data(data, trainer.mesh, config.train.eval_chunk)
     state = trainer.create_state(sweeps.sweep_members(config))
     n = jnp.asarray(epochs, jnp.int32)
     hlo = trainer.train_chunk.lower(state, device_data, n).compile().as_text()

@@ -1,4 +1,4 @@
-"""Time `nrc_jax.ufm.gradient_descent` with its DEFAULT options (configs/ufm.py `solver_config()`)
+"""Time `nrc_jax.core.ufm.gradient_descent` with its DEFAULT options (configs/ufm.py `solver_config()`)
 against the closed form, float64.
 
 Run (from the repository root):
@@ -7,7 +7,7 @@ Run (from the repository root):
 
 For each shape the solver is compiled once (a warm-up solve, timed separately: the lambdas are
 traced, so every corner of that shape reuses the compilation), then every (lam_h, lam_w) corner
-is solved from its own random start and compared with `nrc_jax.ufm.optimum`:
+is solved from its own random start and compared with `nrc_jax.core.ufm.optimum`:
   loss rel gap = (L_gd - L*) / L*,  wwt rel gap = ||W W^T - W* W*^T||_F / ||W* W*^T||_F,
 plus iterations and wall / CPU seconds of the solve (CPU = this process, all threads). A last row
 per shape runs lam_h = lam_w = 0 for a fixed number of iterations and reports NRC1/NRC2 at the
@@ -27,8 +27,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from nrc_jax import metrics, ufm  # noqa: E402
-from nrc_jax.config_files import repository_config  # noqa: E402
+from nrc_jax.core import metrics, ufm  # noqa: E402
+from nrc_jax.io.config_files import repository_config  # noqa: E402
 
 SOLVER = repository_config("ufm").solver_config().to_dict()
 

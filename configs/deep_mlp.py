@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax.config_files import sibling
+from nrc_jax.io.config_files import sibling
 
 mlp = sibling(__file__, "mlp")  # configs/mlp.py beside this file, from any working directory
 

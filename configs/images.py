@@ -8,7 +8,7 @@ download) runs the same pipeline at 32x32 with a CIFAR-style stem.
 
 Sets up to data.max_in_memory_mb (as float32) are held on the accelerator whole, like the tabular
 sets (224x224 float32 is ~0.6 MB per image); larger ones (full CARLA, UTKFace) are streamed from the
-host in prefetched batches by nrc_jax/engine_streamed.py (docs/streaming.md).
+host in prefetched batches by nrc_jax/engine/streamed.py (docs/streaming.md).
 
 Launch:
   python -m nrc_jax.main --config=configs/images.py:synthetic_images --workdir=runs/synth
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax.config_files import sibling
+from nrc_jax.io.config_files import sibling
 
 mlp = sibling(__file__, "mlp")  # configs/mlp.py beside this file, from any working directory
 

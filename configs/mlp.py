@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax import models, optim, sweeps
+from nrc_jax.engine import models, optim, sweeps
 from nrc_jax.data import default_data_config
 
 

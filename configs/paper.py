@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax.config_files import sibling
+from nrc_jax.io.config_files import sibling
 
 images = sibling(__file__, "images")  # configs/images.py beside this file, from any working directory
 mujoco = sibling(__file__, "mujoco")

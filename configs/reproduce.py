@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax.config_files import sibling
+from nrc_jax.io.config_files import sibling
 
 paper = sibling(__file__, "paper")  # configs/paper.py beside this file, from any working directory
 ufm = sibling(__file__, "ufm")
@@ -52,7 +52,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
 
 def stage(kind: str, run: ml_collections.ConfigDict, expected_s: float, what: str) -> ml_collections.ConfigDict:
-    """One stage: `kind` 'train' (a nrc_jax.train run of `config`) or 'ufm_study'; `expected_s` is
+    """One stage: `kind` 'train' (a nrc_jax.engine.train run of `config`) or 'ufm_study'; `expected_s` is
     its rough single-process wall time on a quiet 2-core CPU (for the ETA)."""
     return ml_collections.ConfigDict({"kind": kind, "config": run, "expected_s": float(expected_s), "what": what})
 

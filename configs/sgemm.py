@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax.config_files import sibling
+from nrc_jax.io.config_files import sibling
 
 deep_mlp = sibling(__file__, "deep_mlp")  # configs/deep_mlp.py beside this file, from any working directory
 

@@ -9,7 +9,7 @@ Expected runtime on the 2-core CPU: default about 30 s CPU (80 s wall on the sha
 machine), mostly compilation and figures: the sweep's 10 solves take 15-65 iterations each and the
 lambda = 0 run 10,000; `:quick` about half of that.
 
-`solver_config()` holds every option of the first-order solver (`nrc_jax.ufm.gradient_descent`
+`solver_config()` holds every option of the first-order solver (`nrc_jax.core.ufm.gradient_descent`
 takes them as its `options`); the study's `gd` and `trajectory` change a few of them.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def solver_config() -> ml_collections.ConfigDict:
-    """Every option of `nrc_jax.ufm.gradient_descent` (the method is described above its
+    """Every option of `nrc_jax.core.ufm.gradient_descent` (the method is described above its
     `_gradient_descent`): the solver's defaults."""
     return ml_collections.ConfigDict({
         "max_iters": 100_000,  # hard cap on iterations (static: sizes the history buffers)
@@ -68,5 +68,5 @@ def solver_config() -> ml_collections.ConfigDict:
         "log_every": 100,  # record the history every this many iterations (static)
         "init_scale": 1.0,  # rows of H and W start as N(0, init_scale^2 / d I_d): norm ~ init_scale
         "momentum": True,  # Nesterov-type extrapolation with restart; False gives plain block GD
-        "balance": True,  # exact balancing move after each sweep when lam_h, lam_w > 0 (nrc_jax.ufm.balance)
+        "balance": True,  # exact balancing move after each sweep when lam_h, lam_w > 0 (nrc_jax.core.ufm.balance)
     })

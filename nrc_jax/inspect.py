@@ -22,7 +22,7 @@ import numpy as np
 def _load_config(workdir: str):
     import ml_collections
 
-    from nrc_jax import run_files
+    from nrc_jax.io import run_files
     from nrc_jax.errors import DataError
 
     config = run_files.read_config(workdir)
@@ -41,10 +41,10 @@ def _tuples(config):
 
 def _read_step(ckpt, config, step: int) -> tuple[dict, Any, Any]:
     """(meta, trainer, state) of one checkpoint step; raises whatever Orbax raises for a bad one."""
-    from nrc_jax import engine, engine_memory
+    from nrc_jax.engine import learner, memory
 
     meta = ckpt.restore_meta(step)
-    trainer = engine_memory.Trainer(config, engine.make_mesh(1), tuple(meta["input_shape"]), meta["out_dim"])
+    trainer = memory.Trainer(config, learner.make_mesh(1), tuple(meta["input_shape"]), meta["out_dim"])
     return meta, trainer, ckpt.restore_state(step, trainer.abstract_state(meta["members"]))
 
 
@@ -55,7 +55,7 @@ def _reason(error: Exception) -> str:
 def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
     """The run at `step` (default: the newest readable step): config, steps, meta, host state, rows,
     the Trainer and `skipped`, [(step, reason)] of newer steps that failed to read."""
-    from nrc_jax import checkpoints, run_files
+    from nrc_jax.io import checkpoints, run_files
     from nrc_jax.errors import DataError
 
     config = _tuples(_load_config(workdir))
@@ -88,7 +88,7 @@ def describe(run: dict) -> dict:
     """JSON-ready description: config, steps, parameter shapes, latest metrics, W W^T per member."""
     import jax
 
-    from nrc_jax import models
+    from nrc_jax.engine import models
 
     state = run["state"]
     shapes = {jax.tree_util.keystr(path): list(leaf.shape)
@@ -112,7 +112,7 @@ def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
     """Writes the train-set features etc. of one sweep member at the run's step to `out_path`."""
     import jax
 
-    from nrc_jax import engine_memory, models
+    from nrc_jax.engine import memory, models
     from nrc_jax.data import load_dataset
     from nrc_jax.errors import ConfigError
 
@@ -121,7 +121,7 @@ def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
         raise ConfigError(f"--member {member}: the run has {len(members)} sweep members (0..{len(members) - 1})")
     config, trainer = run["config"], run["trainer"]
     data = load_dataset(config.data)
-    device_data = engine_memory.put_data(data, trainer.mesh, config.train.eval_chunk)
+    device_data = memory.put_data(data, trainer.mesh, config.train.eval_chunk)
     predictions, features, hidden = trainer.features(run["state"], device_data, member)
     w, b = models.head_params(jax.tree.map(lambda a: a[member], run["state"].params))
     arrays = {"features": features, "weights": np.asarray(w), "bias": np.asarray(b),
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.namespace(fv, workdir=workdir)
     from absl import logging as absl_logging
 
-    from nrc_jax import checkpoints
+    from nrc_jax.io import checkpoints
     from nrc_jax.errors import UserError
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only managers

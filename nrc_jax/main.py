@@ -28,14 +28,14 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         show_own_info_only()
-    from nrc_jax import checkpoints, distributed
+    from nrc_jax.io import checkpoints, distributed
     from nrc_jax.errors import UserError
 
     checkpoints.silence_async_noise()
 
     try:
         distributed.maybe_initialize()  # multi-process start-up, before any JAX computation
-        from nrc_jax import train
+        from nrc_jax.engine import train
 
         logging.info("workdir %s", _WORKDIR.value)
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)

@@ -39,7 +39,7 @@ class Stage:
     """One stage of a configs/reproduce.py config; its workdir is `<workdirs>/<name>`."""
 
     name: str
-    kind: str                         # 'train' (a nrc_jax.train run) or 'ufm_study'
+    kind: str                         # 'train' (a nrc_jax.engine.train run) or 'ufm_study'
     expected_s: float                 # rough wall time on a quiet 2-core CPU (for the ETA)
     what: str
     config: ml_collections.ConfigDict  # the run's config (configs/paper.py or configs/ufm.py)
@@ -117,7 +117,7 @@ def prepare_workdir(workdir: pathlib.Path, fingerprint: str, fresh: bool) -> str
 
 
 def run_train_stage(config: ml_collections.ConfigDict, workdir: pathlib.Path, progress: bool) -> None:
-    from nrc_jax import train
+    from nrc_jax.engine import train
 
     if progress:
         config = ml_collections.ConfigDict(config.to_dict())
@@ -226,7 +226,7 @@ def sweep_label(sweep: dict) -> str:
 
 def training_rows(workdir: pathlib.Path) -> list[dict]:
     """Per sweep member of a training workdir: the first and final logged metrics and the summary."""
-    from nrc_jax import run_files
+    from nrc_jax.io import run_files
     from nrc_jax.errors import DataError
 
     run = run_files.load(workdir)
@@ -359,7 +359,7 @@ def parse_args(argv: Sequence[str] | None):
     """The command line as a namespace: config (configs/reproduce.py unless --config), out,
     workdirs, fresh, only."""
     from nrc_jax import cli
-    from nrc_jax.config_files import repository_config_path
+    from nrc_jax.io.config_files import repository_config_path
 
     fv, _ = cli.parse(argv, _define_flags, prog="python -m nrc_jax.reproduce", usage="[flags]", doc=__doc__,
                       list_flags=("only",), config=repository_config_path("reproduce"))

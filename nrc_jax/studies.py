@@ -1,5 +1,5 @@
 """Follow-up studies: target preprocessing and single-task vs multi-task training, each measured
-training MSE shown beside the UFM closed-form prediction (`nrc_jax.ufm.optimum`).
+training MSE shown beside the UFM closed-form prediction (`nrc_jax.core.ufm.optimum`).
 
     python -m nrc_jax.studies --config=configs/studies.py:preprocessing [--config.x=y ...] [--out results/studies]
     python -m nrc_jax.studies --config=configs/studies.py:multitask [--workdir DIR]
@@ -22,7 +22,7 @@ alone (prediction `sum_j min(Sigma_jj, c)`). The two differ when the targets are
 shared network fits the low-variance direction of Sigma only at cost c, the separate ones pay c
 on every dimension.
 
-Every run is an ordinary `nrc_jax.train.train_and_evaluate` run in `<workdir>/<study>/<name>` (one
+Every run is an ordinary `nrc_jax.engine.train.train_and_evaluate` run in `<workdir>/<study>/<name>` (one
 compiled program per run, the lambda values as a vmapped sweep); the measured MSE is the final
 training MSE (in the units of the transformed targets, which is what the network fits). Each study
 writes `<out>/<study>_<dataset>.json` (every number), `.md` (the table) and `.png` (the figure).
@@ -78,7 +78,7 @@ def ufm_mse(targets: np.ndarray, lam_h: float, lam_w: float) -> float:
     """The UFM closed-form training MSE sum_j min(lambda_j, lam_h*lam_w) of targets (M, n)."""
     import jax
 
-    from nrc_jax import ufm
+    from nrc_jax.core import ufm
 
     with jax.enable_x64(True):
         if lam_h == 0.0 or lam_w == 0.0:
@@ -98,7 +98,7 @@ def member_prediction(targets: np.ndarray, member: dict, regularizer: str) -> tu
 def _run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     """Trains `config` in `workdir` (resuming a finished run costs nothing) and returns the final
     row of every sweep member with its swept values filled in."""
-    from nrc_jax import sweeps, train
+    from nrc_jax.engine import sweeps, train
 
     out = train.train_and_evaluate(config, workdir)
     members = sweeps.sweep_members(config)

@@ -1,7 +1,7 @@
-"""UFM study (the I/O edge of `nrc_jax.ufm`): sweep c / lambda_min, closed form vs gradient descent.
+"""UFM study (the I/O edge of `nrc_jax.core.ufm`): sweep c / lambda_min, closed form vs gradient descent.
 
 For each sweep point (lam_h = lam_w = sqrt(c), c = ratio * lambda_min) the closed-form minimizer and
-the gradient-descent solution are measured with `nrc_jax.metrics` (NRC1, NRC2, NRC3 at gamma = c,
+the gradient-descent solution are measured with `nrc_jax.core.metrics` (NRC1, NRC2, NRC3 at gamma = c,
 train MSE, ||W||_F, RMS feature norm). Writes to `config.out_dir`:
   nrc_vs_c.png      NRC1, NRC2, NRC3(gamma=c), MSE, ||W||_F and ||H||_F/sqrt(M) against c/lambda_min
                     (closed form as lines, gradient descent as markers)
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from nrc_jax import metrics, ufm
+from nrc_jax.core import metrics, ufm
 from nrc_jax.errors import ConfigError, UserError
 
 GAP_COLUMNS = ("ratio", "c", "lam", "loss_opt", "loss_rel_gap", "wwt_rel_gap", "mse_opt", "mse_gap",
@@ -74,7 +74,7 @@ def load_targets(config: ml_collections.ConfigDict) -> np.ndarray:
 
 
 def measure(H, W, b, targets, sigma, gamma) -> dict[str, float]:
-    """NRC1/2/3(gamma), train MSE and norms of a UFM point, all from `nrc_jax.metrics`."""
+    """NRC1/2/3(gamma), train MSE and norms of a UFM point, all from `nrc_jax.core.metrics`."""
     n = targets.shape[1]
     out = {
         "nrc1": metrics.nrc1(H, n),
@@ -255,7 +255,7 @@ def _check_config(config: ml_collections.ConfigDict, n: int) -> None:
 def solver_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The sweep's `ufm.gradient_descent` options: configs/ufm.py's `solver_config()` (the solver's
     defaults) with the study's `gd` changes."""
-    from nrc_jax.config_files import repository_config
+    from nrc_jax.io.config_files import repository_config
 
     return {**repository_config("ufm").solver_config(), **config.gd}
 
@@ -328,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from absl import logging
 
     from nrc_jax import cli
-    from nrc_jax.config_files import repository_config_path
+    from nrc_jax.io.config_files import repository_config_path
 
     fv, _ = cli.parse(argv, lambda fv: None, prog="python -m nrc_jax.ufm", usage="[--config=configs/ufm.py[:quick]] "
                       "[--config.x=y ...]", doc=__doc__, config=repository_config_path("ufm"))

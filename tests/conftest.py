@@ -18,10 +18,10 @@ os.environ.setdefault(
 @pytest.fixture
 def traced_at_most(monkeypatch):
     """`limit(cls, name, n)`: the method `cls.name` may be traced at most n times in this test
-    (`chex.assert_max_traces`); compiled programs are built anew (an empty `engine.cached_program` cache)."""
+    (`chex.assert_max_traces`); compiled programs are built anew (an empty `learner.cached_program` cache)."""
     import chex
 
-    from nrc_jax import engine
+    from nrc_jax.engine import learner
 
     chex.clear_trace_counter()
     monkeypatch.setattr(engine, "_PROGRAMS", {})

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from nrc_jax.distributed import DATA_AXIS
+from nrc_jax.io.distributed import DATA_AXIS
 
 
 @dataclasses.dataclass(frozen=True)

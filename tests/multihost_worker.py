@@ -4,7 +4,7 @@
 
 Joins the other processes through the NRC_JAX_* variables, then:
   1. builds the global data of `make_data()` from this process's rows only and writes its
-     jit-reduced `nrc_jax.metrics.feature_stats` (and metrics) to OUT_DIR/stats_<process>.npz;
+     jit-reduced `nrc_jax.core.metrics.feature_stats` (and metrics) to OUT_DIR/stats_<process>.npz;
   2. if RESTORE_DIR is given, restores the checkpoint saved there (by another topology) onto this
      topology's mesh and writes it to OUT_DIR/restored_<process>.npz;
   3. saves `make_tree()` sharded over all processes' devices to OUT_DIR/ckpt (all processes save).
@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import multihost_helpers as helpers  # noqa: E402  (beside this file)
-from nrc_jax import distributed  # noqa: E402
+from nrc_jax.io import distributed  # noqa: E402
 from nrc_jax.errors import UserError  # noqa: E402
 
 NUM_ROWS = 10  # does not divide over 4 devices: exercises the padding and the mask
@@ -54,13 +54,13 @@ HEAD = np.array([[0.5, -1.0, 0.25], [2.0, 0.0, -0.5]], np.float32)  # W (n, d) m
 
 
 def masked_stats(h, y, mask) -> dict:
-    from nrc_jax import metrics
+    from nrc_jax.core import metrics
 
     return metrics.feature_stats(h, y, h @ HEAD.T, mask)._asdict()
 
 
 def global_stats(mesh) -> dict[str, np.ndarray]:
-    """nrc_jax.metrics.feature_stats of make_data(), each process contributing its rows only.
+    """nrc_jax.core.metrics.feature_stats of make_data(), each process contributing its rows only.
 
     Predictions are features @ HEAD.T; padded rows are masked out. Returns the FeatureStats fields,
     reduced inside one jit over every device (every metric is a function of them).

@@ -1,10 +1,10 @@
 """Independent float64 numpy implementation of the NRC spec (docs/nrc.md), the test oracle.
 
 Written directly from the per-sample definitions (explicit projectors, explicit per-row residuals),
-not from the sufficient-statistics formulas used by `nrc_jax.metrics`, so the two can be compared.
+not from the sufficient-statistics formulas used by `nrc_jax.core.metrics`, so the two can be compared.
 Rows are samples: features `H` (M, d), weights `W` (n, d), targets `Y` (M, n).
 
-Conventions shared with `nrc_jax.metrics` (they are choices the spec leaves open):
+Conventions shared with `nrc_jax.core.metrics` (they are choices the spec leaves open):
 - Zero rows of `H` are skipped by the per-sample-normalized forms (they have no direction).
 - NRC3 for n = 1 is 0.0 (the spec calls it trivial); a zero `W W^T` or `A_gamma` normalizes to zero.
 - R2 averages the per-dimension values.

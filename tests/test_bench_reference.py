@@ -1,7 +1,7 @@
-"""The PyTorch reference loop of benchmarks/ runs, and its NRC numbers agree with nrc_jax.metrics.
+"""The PyTorch reference loop of benchmarks/ runs, and its NRC numbers agree with nrc_jax.core.metrics.
 
 The benchmark's ratios are only meaningful if the reference computes the same metrics: checked here
-on the same features, against nrc_jax.metrics and the float64 numpy oracle.
+on the same features, against nrc_jax.core.metrics and the float64 numpy oracle.
 """
 import os
 import sys
@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import torch_reference  # noqa: E402
 
 import reference_numpy  # noqa: E402
-from nrc_jax import metrics  # noqa: E402
+from nrc_jax.core import metrics  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

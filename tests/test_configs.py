@@ -11,7 +11,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from configs import paper  # noqa: E402
-from nrc_jax import run_files, sweeps, validate  # noqa: E402
+from nrc_jax.engine import sweeps  # noqa: E402
+from nrc_jax.io import run_files, validate
 
 TRAINING = [n for n in paper.experiment_names() if n != "table1"]
 MUJOCO_PAPER = {"swimmer": (1_000_000, 1e-2), "reacher": (1_500_000, 1.5e-3), "hopper": (200_000, 1e-2)}
@@ -124,7 +125,7 @@ def test_docstring_states_launch_commands_and_runtimes():
 
 
 def test_a_quick_config_trains_two_epochs(tmp_path):
-    from nrc_jax import train
+    from nrc_jax.engine import train
 
     config = paper.get_config("fig6_ufm_swimmer,quick")
     config.train.update(epochs=2, eval_every=1, checkpoint_every=2, progress_bar=False)

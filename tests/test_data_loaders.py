@@ -123,9 +123,9 @@ def test_npz_and_table1_row(tmp_path):
 
 
 def test_table1_row_matches_metrics_target_stats(correlated_targets):
-    metrics = pytest.importorskip("nrc_jax.metrics")
+    metrics = pytest.importorskip("nrc_jax.core.metrics")
     if not hasattr(metrics, "target_stats"):
-        pytest.skip("nrc_jax.metrics.target_stats not written yet")
+        pytest.skip("nrc_jax.core.metrics.target_stats not written yet")
     y = correlated_targets
     data = RegressionData("toy", np.zeros((len(y), 1)), y, np.zeros((2, 1)), y[:2])
     row = table1_row(data)

@@ -1,4 +1,4 @@
-"""nrc_jax.deep against float64 numpy recomputations from the arrays, CKA invariances, the probe
+"""nrc_jax.core.deep against float64 numpy recomputations from the arrays, CKA invariances, the probe
 against numpy lstsq, and the per-layer end-to-end check (train -> metrics.jsonl `layers` ->
 inspect --export -> recomputation from `layer_features_<i>`)."""
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nrc_jax import deep, metrics
+from nrc_jax.core import deep, metrics
 
 
 # ----------------------------------------------------------------------------- numpy oracle
@@ -177,13 +177,13 @@ def test_layer_weights_of_mlp_and_small_cnn():
     its reader reads it."""
     import ml_collections
 
-    from nrc_jax import models
+    from nrc_jax.engine import models
 
     def shapes(cfg, x):
         net = models.get_model(cfg, 2)
         params = jax.eval_shape(net.init, jax.random.PRNGKey(0), x)["params"]
         _, _, hidden = jax.eval_shape(net.apply, {"params": params}, x)
-        weights = jax.eval_shape(lambda p: deep.layer_weights(p, cfg), params)
+        weights = jax.eval_shape(lambda p: models.layer_weights(p, cfg), params)
         return [w.own.shape for w in weights], [w.reader.shape for w in weights], [h.shape[1] for h in hidden]
 
     cfg = models.default_model_config()
@@ -218,7 +218,9 @@ def test_per_layer_run_matches_recomputation_from_exported_features(tmp_path):
     layer is reported, and each layer's nrc1_variance (and the other keys) equals a float64
     recomputation from `inspect --export`'s layer_features_<i> and the checkpointed weights."""
     from configs import mlp
-    from nrc_jax import inspect, run_files, train
+    from nrc_jax import inspect
+    from nrc_jax.engine import models, train
+    from nrc_jax.io import run_files
 
     rng = np.random.default_rng(7)
     x = rng.normal(size=(130, 5)).astype(np.float32)
@@ -241,7 +243,7 @@ def test_per_layer_run_matches_recomputation_from_exported_features(tmp_path):
     out = str(tmp_path / "export.npz")
     run = inspect.load_run(workdir)
     inspect.export(run, out)
-    weights = deep.layer_weights(jax.tree.map(lambda a: a[0], run["state"].params), config.model)
+    weights = models.layer_weights(jax.tree.map(lambda a: a[0], run["state"].params), config.model)
     with np.load(out) as f:
         assert int(f["epoch"]) == final["epoch"] == 3
         targets = f["targets"].astype(np.float64)

@@ -26,7 +26,7 @@ def write_tiny_sgemm_csv(path, rows=60, seed=0):
 
 def test_sgemm_config_runs_on_a_tiny_csv_with_per_layer_metrics(tmp_path):
     from configs import deep_mlp, sgemm
-    from nrc_jax import train
+    from nrc_jax.engine import train
     from nrc_jax.errors import DataError
 
     csv = tmp_path / "sgemm_product.csv"

@@ -1,4 +1,4 @@
-"""nrc_jax.distributed: settings precedence and real loopback runs; the row partition of the tests'
+"""nrc_jax.io.distributed: settings precedence and real loopback runs; the row partition of the tests'
 global arrays (tests/multihost_helpers.py).
 
 The loopback tests start 2 Python processes with 2 simulated CPU devices each (gloo collectives)
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nrc_jax import distributed, metrics
+from nrc_jax.core import metrics
+from nrc_jax.io import distributed
 from nrc_jax.errors import ConfigError
 
 sys.path.insert(0, os.path.dirname(__file__))

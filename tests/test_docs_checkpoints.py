@@ -21,8 +21,8 @@ def snippet(name: str) -> str:
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A finished two-member weight-decay sweep of a small MLP on a small npz data set."""
-    from nrc_jax import train
-    from nrc_jax.config_files import sibling
+    from nrc_jax.engine import train
+    from nrc_jax.io.config_files import sibling
 
     tmp = tmp_path_factory.mktemp("ckpt_doc")
     rng = np.random.default_rng(5)

@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from nrc_jax import evidence, plot, run_files, train
+from nrc_jax import evidence, plot
+from nrc_jax.engine import train
+from nrc_jax.io import run_files
 from tests.test_train import npz_path, tiny_config  # noqa: F401 (fixture)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax import run_files, train, writers
+from nrc_jax.engine import train
+from nrc_jax.io import run_files, writers
 from nrc_jax.data import default_data_config, load_dataset
 from nrc_jax.errors import DivergenceError
 
@@ -91,7 +92,7 @@ def test_unreadable_latest_checkpoint_is_skipped_with_warning(npz_path, referenc
     corrupt(str(workdir / "checkpoints" / "6"))
     with open(workdir / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 8, "sweep_in')  # a torn last line, as a kill mid-write would leave
-    with caplog.at_level(logging.WARNING, logger="nrc_jax.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="nrc_jax.io.checkpoints"):
         train.train_and_evaluate(make_config(fields(npz_path)), str(workdir))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(os.path.join(str(workdir), "checkpoints", "6") in w and "unreadable" in w for w in warnings), warnings

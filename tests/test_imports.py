@@ -1,4 +1,5 @@
-"""Every module of nrc_jax imports, and the modules import each other without a cycle.
+"""Every module of nrc_jax imports, the modules import each other without a cycle, and each layer
+(sub-package) imports only the layers below it.
 
 The graph comes from the import statements themselves (an AST scan), those inside functions
 included: a cycle hidden in a function-level import is still a cycle of the design.
@@ -6,6 +7,7 @@ included: a cycle hidden in a function-level import is still a cycle of the desi
 import ast
 import importlib
 import pathlib
+import shutil
 
 import pytest
 
@@ -97,8 +99,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_nrc_jax_imports_form_no_cycle():
     graph = import_graph(PACKAGE)
-    assert {"nrc_jax.train", "nrc_jax.engine", "nrc_jax.engine_memory", "nrc_jax.engine_streamed"} <= set(graph)
-    assert "nrc_jax.engine" in graph["nrc_jax.engine_memory"] and "nrc_jax.metrics" in graph["nrc_jax.engine"]
+    assert {"nrc_jax.engine.train", "nrc_jax.engine.learner", "nrc_jax.engine.memory",
+            "nrc_jax.engine.streamed"} <= set(graph)
+    assert "nrc_jax.engine.learner" in graph["nrc_jax.engine.memory"]
+    assert "nrc_jax.core.metrics" in graph["nrc_jax.engine.learner"]
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
@@ -117,6 +121,64 @@ def test_the_scan_finds_a_cycle_through_a_function_level_import(tmp_path):
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.sub.c", "pkg.a"]
     (package / "sub" / "c.py").write_text("import pkg\n")
     assert find_cycle(import_graph(package)) is None
+
+
+# What each layer may import besides itself (a name allows the module and everything under it).
+# The entry points (main, inspect, plot, reproduce, studies, evidence, ufm, ufm_study) may import
+# anything; `nrc_jax`, `nrc_jax.errors` and `nrc_jax.cli` are package-wide basics.
+BASICS = ("nrc_jax", "nrc_jax.errors", "nrc_jax.cli")
+MAY_IMPORT = {
+    "nrc_jax.core": ("nrc_jax.errors",),
+    "nrc_jax.engine": ("nrc_jax.core", "nrc_jax.io", "nrc_jax.data") + BASICS,
+    "nrc_jax.io": ("nrc_jax.core", "nrc_jax.data", "nrc_jax.engine.models", "nrc_jax.engine.optim",
+                   "nrc_jax.engine.sweeps") + BASICS,
+    "nrc_jax.data": BASICS,
+    "nrc_jax.plotting": ("nrc_jax.io", "nrc_jax.data") + BASICS,
+}
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def layering_violations(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for every import of b by a module a of a layer in MAY_IMPORT that the layer may not make."""
+    found = []
+    for name, targets in sorted(graph.items()):
+        layer = next((l for l in MAY_IMPORT if _within(name, l)), None)
+        if layer is None:
+            continue
+        allowed = (layer,) + MAY_IMPORT[layer]
+        found += [f"{name} -> {t}" for t in sorted(targets)
+                  if not any(t == a if a in BASICS else _within(t, a) for a in allowed)]
+    return found
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    graph = import_graph(PACKAGE)
+    assert {"nrc_jax.core.metrics", "nrc_jax.engine.train", "nrc_jax.io.writers"} <= set(graph)
+    assert layering_violations(graph) == []
+
+
+@pytest.mark.parametrize("module, planted", [
+    ("core/metrics.py", "from nrc_jax.engine import train"),
+    ("core/deep.py", "from nrc_jax.io.run_files import METRICS_FILE"),
+    ("core/stats.py", "import nrc_jax.plotting.workdir"),
+    ("core/ufm.py", "from nrc_jax import data"),
+    ("engine/train.py", "from nrc_jax import main"),
+    ("engine/memory.py", "from nrc_jax.plotting import table"),
+    ("io/writers.py", "from nrc_jax.engine.learner import Learner"),
+    ("data/base.py", "from nrc_jax.io import run_files"),
+])
+def test_the_layer_check_finds_a_planted_import(tmp_path, module, planted):
+    """A copy of the package with one forbidden import, inside a function, shows exactly that edge."""
+    package = tmp_path / "nrc_jax"
+    shutil.copytree(PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    path = package / module
+    path.write_text(path.read_text() + f"\n\ndef _planted():\n    {planted}\n")
+    violations = layering_violations(import_graph(package))
+    name = "nrc_jax." + module.removesuffix(".py").replace("/", ".")
+    assert len(violations) == 1 and violations[0].startswith(f"{name} -> "), violations
 
 
 @pytest.mark.parametrize("name", sorted(module_names(PACKAGE)))

@@ -6,7 +6,9 @@ import pytest
 
 from configs import mlp
 from nrc_jax import inspect as nrc_inspect
-from nrc_jax import metrics, run_files, train
+from nrc_jax.core import metrics
+from nrc_jax.engine import train
+from nrc_jax.io import run_files
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from nrc_jax import run_files
+from nrc_jax.io import run_files
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIGS = ("mlp", "mujoco:swimmer,quick", "paper:fig2_hopper,quick", "images:synthetic_images,quick",
@@ -90,7 +90,7 @@ def npz_path(tmp_path_factory):
 
 
 def tiny_config(npz_path, **train):
-    from nrc_jax.config_files import sibling
+    from nrc_jax.io.config_files import sibling
 
     config = sibling(str(ROOT / "configs" / "mlp.py"), "mlp").get_config()
     config.data.name, config.data.path = "npz", npz_path
@@ -106,7 +106,7 @@ def metric_rows(workdir):
 
 
 def test_a_larger_train_epochs_extends_a_finished_run_as_if_trained_at_once(npz_path, tmp_path):
-    from nrc_jax import train
+    from nrc_jax.engine import train
 
     train.train_and_evaluate(tiny_config(npz_path), str(tmp_path / "extended"))
     # The cadence may change too (it only picks the epochs evaluated).
@@ -122,7 +122,7 @@ def test_a_larger_train_epochs_extends_a_finished_run_as_if_trained_at_once(npz_
 
 
 def test_extending_is_refused_only_when_past_epochs_would_change(npz_path, tmp_path):
-    from nrc_jax import train
+    from nrc_jax.engine import train
     from nrc_jax.errors import ConfigError
 
     step = {"optim.schedule": "step", "optim.milestones": (0.5, 0.75)}
@@ -141,7 +141,7 @@ def test_extending_is_refused_only_when_past_epochs_would_change(npz_path, tmp_p
 
 def test_schedule_kept():
     import ml_collections
-    from nrc_jax import optim
+    from nrc_jax.engine import optim
 
     c = ml_collections.ConfigDict(optim.default_optim_config())
     assert optim.schedule_kept(c, 50, 60, 50)  # constant
@@ -160,7 +160,7 @@ class _Stream:
 
 
 def test_progress_is_tqdm_on_a_terminal_and_log_lines_otherwise(monkeypatch):
-    from nrc_jax import progress
+    from nrc_jax.io import progress
 
     assert isinstance(progress.progress_reporter(10, 0, _Stream(False)), progress.LogProgress)
     bar = progress.progress_reporter(10, 0, _Stream(True))
@@ -193,7 +193,7 @@ def test_a_workdir_url_nrc_jax_cannot_write_is_one_error_line_and_creates_nothin
 
 
 def test_file_urls_are_local_paths():
-    from nrc_jax import validate
+    from nrc_jax.io import validate
 
     assert validate.workdir_location("file:///tmp/runs/a%20b") == "/tmp/runs/a b"
     assert validate.workdir_location("runs/x") == "runs/x"

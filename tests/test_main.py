@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from nrc_jax import run_files
+from nrc_jax.io import run_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

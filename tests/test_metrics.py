@@ -1,11 +1,11 @@
-"""nrc_jax.metrics against the independent float64 numpy oracle (tests/reference_numpy.py)."""
+"""nrc_jax.core.metrics against the independent float64 numpy oracle (tests/reference_numpy.py)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from nrc_jax import metrics
+from nrc_jax.core import metrics
 from nrc_jax.errors import ConfigError, DataError
 
 import reference_numpy as ref
@@ -403,8 +403,8 @@ def test_shape_errors_are_raised_while_tracing_under_jit():
         jax.jit(metrics.nrc2)(h, w[:, :4])
 
 
-# The names code, docs and notebooks import from nrc_jax.metrics; the code behind them lives in
-# nrc_jax.stats and nrc_jax.metric_core since the split, and must stay reachable from here.
+# The names code, docs and notebooks import from nrc_jax.core.metrics; the code behind them lives in
+# nrc_jax.core.stats and nrc_jax.core.metric_core since the split, and must stay reachable from here.
 PUBLIC_METRICS_NAMES = (
     "VARIANTS", "nrc1", "nrc2", "nrc3", "nrc3_curve", "best_gamma", "explained_variance_ratio", "target_stats",
     "mse", "mse_per_dim", "r2", "r2_per_dim", "regression_metrics", "top_eigenvectors", "pca_basis_init",
@@ -414,7 +414,7 @@ PUBLIC_METRICS_NAMES = (
 
 
 def test_public_names_stay_importable_from_metrics_and_are_the_split_modules_objects():
-    from nrc_jax import checks, metric_core, stats
+    from nrc_jax.core import checks, metric_core, stats
 
     assert set(PUBLIC_METRICS_NAMES) <= set(metrics.__all__)
     for name in metrics.__all__:

@@ -1,11 +1,11 @@
-"""Model shapes (MLP, tiny ResNet, SmallCNN) and the loss/optimizer formulas of nrc_jax.optim."""
+"""Model shapes (MLP, tiny ResNet, SmallCNN) and the loss/optimizer formulas of nrc_jax.engine.optim."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from nrc_jax import models, optim
+from nrc_jax.engine import models, optim
 from nrc_jax.errors import ConfigError
 
 

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from nrc_jax import run_files
+from nrc_jax.io import run_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch", "local_multihost.sh")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from nrc_jax import metrics
+from nrc_jax.core import metrics
 from tests import reference_numpy as ref
 
 M, D, N = 600, 48, 3

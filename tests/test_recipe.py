@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from configs import mlp, mujoco, paper
-from nrc_jax import engine, engine_memory, models, run_files, sweeps, train
+from nrc_jax.engine import learner, memory, models, sweeps, train
+from nrc_jax.io import run_files
 from tests.test_train import npz_path, tiny_config  # noqa: F401 (fixture)
 
 DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "nrc.md")
@@ -19,11 +20,11 @@ DOCS = os.path.join(os.path.dirname(__file__), "..", "docs", "nrc.md")
 
 def _trained_params(config, num_epochs: int):
     data = train.load_dataset(config.data)
-    mesh = engine.make_mesh(1)
-    trainer = engine_memory.Trainer(config, mesh, data.input_shape, data.target_dim)
+    mesh = learner.make_mesh(1)
+    trainer = memory.Trainer(config, mesh, data.input_shape, data.target_dim)
     members = sweeps.sweep_members(config)
     state = trainer.create_state(members)
-    state, _ = trainer.train_chunk(state, engine_memory.put_data(data, mesh, 64), jnp.asarray(num_epochs, jnp.int32))
+    state, _ = trainer.train_chunk(state, memory.put_data(data, mesh, 64), jnp.asarray(num_epochs, jnp.int32))
     return jax.device_get(state.params)
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax import locking, run_files, train, writers
+from nrc_jax.engine import train
+from nrc_jax.io import locking, run_files, writers
 from nrc_jax.errors import ConfigError, DataError
 
 from tests.test_faults import REPO, RUN_TIMEOUT_S, TINY, npz_path  # noqa: F401 (fixture)
@@ -84,7 +85,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, cap
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = {"pid": int(dead.stdout), "host": socket.gethostname(), "since": "2026-01-01 00:00:00 UTC"}
     (tmp_path / locking.LOCK_FILE).write_text(json.dumps(stale))
-    with caplog.at_level("WARNING", logger="nrc_jax.locking"):
+    with caplog.at_level("WARNING", logger="nrc_jax.io.locking"):
         with locking.WorkdirLock(str(tmp_path)) as lock:
             assert json.loads(open(lock.path).read())["pid"] == os.getpid()
     assert any(f"pid {stale['pid']}" in r.getMessage() and "without releasing" in r.getMessage()
@@ -92,7 +93,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over_with_a_warning(tmp_path, cap
 
 
 def test_lock_is_exclusive_across_processes_and_freed_by_kill_9(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nrc_jax import locking; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from nrc_jax.io import locking; "
                                f"locking.WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); "
                                "time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -227,7 +228,7 @@ def test_resume_repairs_metrics_and_tensorboard_from_the_checkpoint(npz_path, st
     damage(str(workdir / run_files.METRICS_FILE))
     for name in os.listdir(workdir / "tensorboard" / "run"):  # TensorBoard lost too
         os.remove(workdir / "tensorboard" / "run" / name)
-    with caplog.at_level("WARNING", logger="nrc_jax.writers"):
+    with caplog.at_level("WARNING", logger="nrc_jax.io.writers"):
         train.train_and_evaluate(make_config(npz_path), str(workdir))
     assert any("rewritten from the checkpoint" in r.getMessage() for r in caplog.records)
     assert strip_time(run_files.read_metrics(str(workdir))) == strip_time(run_files.read_metrics(str(straight[0])))
@@ -247,7 +248,7 @@ def test_checkpoint_without_history_still_resumes_from_the_file(npz_path, straig
 
 
 def test_checkpoint_holds_the_rows_up_to_its_epoch(npz_path, straight):
-    from nrc_jax import checkpoints
+    from nrc_jax.io import checkpoints
 
     ckpt = checkpoints.Checkpoints(str(straight[0]), meta={}, read_only=True)
     # The end of a run rewrites nrc3 of every row at the final best gamma; the rest is as logged.
@@ -274,7 +275,7 @@ def test_files_vanishing_mid_run_are_recreated_with_a_warning(npz_path, straight
                 os.remove(workdir / "tensorboard" / "run" / name)
 
     monkeypatch.setattr(writers.RunWriter, "write", delete_after_epoch_2)
-    with caplog.at_level("WARNING", logger="nrc_jax.writers"):
+    with caplog.at_level("WARNING", logger="nrc_jax.io.writers"):
         train.train_and_evaluate(make_config(npz_path), str(workdir))
     messages = [r.getMessage() for r in caplog.records]
     assert any(run_files.METRICS_FILE in m and "vanished" in m for m in messages), messages
@@ -330,7 +331,7 @@ def test_non_finite_initial_evaluation_is_not_called_a_divergence():
 
 
 def test_a_full_disk_is_one_error_and_leaves_no_partial_checkpoint(npz_path, tmp_path, monkeypatch):
-    from nrc_jax import checkpoints
+    from nrc_jax.io import checkpoints
     from nrc_jax.errors import DiskFullError
 
     monkeypatch.setattr(checkpoints, "_free_bytes", lambda directory: 5000)  # checked before each save
@@ -398,7 +399,7 @@ def test_cli_on_a_full_device(npz_path, small_disk, cli_env):
 @pytest.mark.slow
 def test_no_space_inside_an_async_save_removes_the_partial_checkpoint(npz_path, small_disk, monkeypatch):
     """Orbax's own write fails (no margin left for the pre-save check): still one DiskFullError."""
-    from nrc_jax import checkpoints
+    from nrc_jax.io import checkpoints
     from nrc_jax.errors import DiskFullError
 
     monkeypatch.setattr(checkpoints, "SAVE_MARGIN_BYTES", 0)

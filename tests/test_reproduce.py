@@ -7,7 +7,8 @@ import pathlib
 
 import pytest
 
-from nrc_jax import reproduce, run_files
+from nrc_jax import reproduce
+from nrc_jax.io import run_files
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STAGES = ("wd_swimmer", "ufm_study")

@@ -1,10 +1,10 @@
-"""nrc_jax.run_files: the on-disk form of metrics rows and the one reader of a workdir."""
+"""nrc_jax.io.run_files: the on-disk form of metrics rows and the one reader of a workdir."""
 import json
 import math
 
 import pytest
 
-from nrc_jax import run_files
+from nrc_jax.io import run_files
 from nrc_jax.errors import DataError
 
 

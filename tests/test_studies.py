@@ -6,8 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from nrc_jax import run_files, studies
-from nrc_jax.config_files import repository_config
+from nrc_jax import studies
+from nrc_jax.io import run_files
+from nrc_jax.io.config_files import repository_config
 
 LAMBDAS = (0.3, 1.0)
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "studies.py")

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax import engine, engine_memory, run_files, sweeps, train, writers
+from nrc_jax.engine import learner, memory, sweeps, train
+from nrc_jax.io import run_files, writers
 from nrc_jax.errors import ConfigError, DivergenceError
 
 ROW_KEYS = {"epoch", "sweep_index", "sweep", "train_mse", "test_mse", "train_mse_per_dim", "test_mse_per_dim",
@@ -55,7 +56,7 @@ def assert_rows_close(a, b, rtol):
 def test_end_to_end_outputs_and_no_recompilation(npz_path, tmp_path, traced_at_most):
     # One trace of the chunk for the initial evaluation (0 epochs), the 3 chunks, and a second run
     # of the same config in this process resuming the finished run (the cached program).
-    traced_at_most(engine_memory.Trainer, "_train_chunk", 1)
+    traced_at_most(memory.Trainer, "_train_chunk", 1)
     config = tiny_config(npz_path)
     result = train.train_and_evaluate(config, str(tmp_path))
     rows = run_files.read_metrics(str(tmp_path))
@@ -172,7 +173,7 @@ def test_sweep_members_on_a_2d_mesh_match_one_device(npz_path, tmp_path):
         for k in range(4):
             assert_rows_close(got[k], one[k], rtol=1e-4)
     config = tiny_config(npz_path, **sweep, **runs["2x2"])
-    trainer = engine_memory.Trainer(config, engine.config_mesh(config), (5,), 2)
+    trainer = memory.Trainer(config, learner.config_mesh(config), (5,), 2)
     assert dict(trainer.mesh.shape) == {"members": 2, "data": 2}
     state = trainer.create_state(sweeps.sweep_members(config))
     for leaf in jax.tree.leaves(state):
@@ -182,7 +183,7 @@ def test_sweep_members_on_a_2d_mesh_match_one_device(npz_path, tmp_path):
 
 def test_member_devices_must_divide_devices_and_members(npz_path, tmp_path):
     with pytest.raises(ConfigError, match="mesh.member_devices=3"):
-        engine.make_mesh(4, 3)
+        learner.make_mesh(4, 3)
     config = tiny_config(npz_path, **{"sweep.seed": (0, 1, 2), "mesh.num_devices": 2, "mesh.member_devices": 2})
     with pytest.raises(ConfigError, match="sweep's 3 members"):
         train.train_and_evaluate(config, str(tmp_path))
@@ -197,46 +198,46 @@ def test_divergence_names_epochs_and_keeps_outputs(npz_path, tmp_path):
 
 
 def test_epoch_batches_cover_every_row_once_with_partial_batch():
-    idx, mask = engine.epoch_batches(jax.random.PRNGKey(3), 0, 100, 32, drop_last=False)
+    idx, mask = learner.epoch_batches(jax.random.PRNGKey(3), 0, 100, 32, drop_last=False)
     assert idx.shape == mask.shape == (4, 32)
     real = np.asarray(idx)[np.asarray(mask) > 0]
     assert sorted(real.tolist()) == list(range(100))
     filled = np.asarray(idx)[np.asarray(mask) == 0]  # the last batch is filled up from the epoch's start
     np.testing.assert_array_equal(filled, np.asarray(idx).reshape(-1)[:28])
-    idx, mask = engine.epoch_batches(jax.random.PRNGKey(3), 0, 100, 32, drop_last=True)
+    idx, mask = learner.epoch_batches(jax.random.PRNGKey(3), 0, 100, 32, drop_last=True)
     assert idx.shape == (3, 32) and float(mask.sum()) == 96
-    other_epoch, _ = engine.epoch_batches(jax.random.PRNGKey(3), 1, 100, 32, drop_last=True)
+    other_epoch, _ = learner.epoch_batches(jax.random.PRNGKey(3), 1, 100, 32, drop_last=True)
     assert not np.array_equal(np.asarray(idx), np.asarray(other_epoch))
 
 
 def test_batch_layout_keeps_the_order_and_masks_the_fill():
     order = np.random.default_rng(0).permutation(10).astype(np.int32)
-    rows, mask = engine.batch_layout(order, 4, drop_last=False)
+    rows, mask = learner.batch_layout(order, 4, drop_last=False)
     assert rows.shape == mask.shape == (3, 4) and float(mask.sum()) == 10
     np.testing.assert_array_equal(np.asarray(rows).reshape(-1), np.r_[order, order[:2]])
     np.testing.assert_array_equal(np.asarray(mask).reshape(-1)[10:], 0)
-    rows, mask = engine.batch_layout(order, 4, drop_last=True)
+    rows, mask = learner.batch_layout(order, 4, drop_last=True)
     np.testing.assert_array_equal(np.asarray(rows).reshape(-1), order[:8])
     assert float(np.asarray(mask).min()) == 1
 
 
 def test_compiled_programs_are_shared_by_configs_that_compile_alike(npz_path):
     config = tiny_config(npz_path)
-    mesh = engine.make_mesh(1)
-    trainer = engine_memory.get_trainer(config, mesh, (5,), 2)
+    mesh = learner.make_mesh(1)
+    trainer = memory.get_trainer(config, mesh, (5,), 2)
     same_program = tiny_config(npz_path, **{"optim.lr": 0.5, "seed": 3, "train.eval_every": 3})  # traced or unread
-    assert engine_memory.get_trainer(same_program, mesh, (5,), 2) is trainer
+    assert memory.get_trainer(same_program, mesh, (5,), 2) is trainer
     changed = {"optim.momentum": 0.9, "train.batch_size": 16, "metrics.evr_k": 3, "model.widths": (8,)}
     for field, value in changed.items():
-        assert engine_memory.get_trainer(tiny_config(npz_path, **{field: value}), mesh, (5,), 2) is not trainer, field
-    assert engine_memory.get_trainer(config, engine.make_mesh(2), (5,), 2) is not trainer
+        assert memory.get_trainer(tiny_config(npz_path, **{field: value}), mesh, (5,), 2) is not trainer, field
+    assert memory.get_trainer(config, learner.make_mesh(2), (5,), 2) is not trainer
     with pytest.raises(AttributeError):  # a Trainer cannot read a field its program is not keyed by
         trainer.config.train.eval_every
 
 
 @pytest.mark.parametrize("n", [1, 2, 7, 1000, 10000, 2**20 + 1])
 def test_shuffled_indices_is_a_seeded_permutation(n):
-    shuffle = jax.jit(engine.shuffled_indices, static_argnums=1)
+    shuffle = jax.jit(learner.shuffled_indices, static_argnums=1)
     p = np.asarray(shuffle(jax.random.PRNGKey(5), n))
     assert p.dtype == np.int32 and sorted(p.tolist()) == list(range(n))
     np.testing.assert_array_equal(p, np.asarray(shuffle(jax.random.PRNGKey(5), n)))
@@ -248,12 +249,12 @@ def test_shuffled_indices_is_a_seeded_permutation(n):
 @pytest.mark.parametrize("cpu", [True, False])
 def test_shuffle_follows_the_backend(monkeypatch, cpu):
     """The packed sort on the CPU, `jax.random.permutation` elsewhere: both seeded permutations."""
-    from nrc_jax import models
+    from nrc_jax.engine import models
 
     monkeypatch.setattr(models, "cpu_rewrites", lambda: cpu)
     key, n = jax.random.PRNGKey(7), 1000
-    got = np.asarray(jax.jit(lambda k: engine.shuffled_indices(k, n))(key))
-    want = engine.packed_shuffle(key, n) if cpu else jax.random.permutation(key, n)
+    got = np.asarray(jax.jit(lambda k: learner.shuffled_indices(k, n))(key))
+    want = learner.packed_shuffle(key, n) if cpu else jax.random.permutation(key, n)
     np.testing.assert_array_equal(got, np.asarray(want))
     assert got.dtype == np.int32 and sorted(got.tolist()) == list(range(n))
 
@@ -262,7 +263,7 @@ def test_shuffled_indices_is_uniform_over_small_permutations():
     # 24,000 permutations of 4 items: each of the 24 orders ~1,000 times (chi-square, 23 dof,
     # 0.1% quantile 49.7), and every item equally likely in every position.
     keys = jax.random.split(jax.random.PRNGKey(0), 24000)
-    perms = np.asarray(jax.vmap(lambda k: engine.shuffled_indices(k, 4))(keys))
+    perms = np.asarray(jax.vmap(lambda k: learner.shuffled_indices(k, 4))(keys))
     counts = np.unique(perms @ np.array([64, 16, 4, 1]), return_counts=True)[1]
     assert len(counts) == 24 and ((counts - 1000) ** 2 / 1000).sum() < 49.7
     for position in range(4):

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import images
-from nrc_jax import engine_streamed, run_files, sweeps, train, writers
+from nrc_jax.engine import streamed, sweeps, train
+from nrc_jax.io import run_files, writers
 from nrc_jax.data import load_dataset
 from nrc_jax.errors import ConfigError
 
@@ -45,15 +46,15 @@ def straight_run(tmp_path_factory):
     """A streamed run whose batch step and evaluation step were each traced once (else it fails)."""
     import chex
 
-    from nrc_jax import engine
+    from nrc_jax.engine import learner
 
     workdir = str(tmp_path_factory.mktemp("straight"))
     chex.clear_trace_counter()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "_PROGRAMS", {})
         for name in ("_train_step", "_stats_step"):  # one compilation each, whatever the batch
-            patch.setattr(engine_streamed.StreamedSteps, name,
-                          chex.assert_max_traces(getattr(engine_streamed.StreamedSteps, name), n=1))
+            patch.setattr(streamed.StreamedSteps, name,
+                          chex.assert_max_traces(getattr(streamed.StreamedSteps, name), n=1))
         result = train.train_and_evaluate(streamed_config(), workdir)
     return workdir, result
 
@@ -70,7 +71,7 @@ def test_streamed_run_writes_rows_summary_and_checkpoints(straight_run):
 
 
 def test_every_evaluation_equals_the_in_memory_engine(straight_run, tmp_path):
-    """Both engines train each member on its own shuffles (`engine.epoch_batches` of the member's
+    """Both engines train each member on its own shuffles (`learner.epoch_batches` of the member's
     key), so the streamed rows are the in-memory engine's up to float32 rounding, member by member."""
     workdir, _ = straight_run
     config = in_memory(streamed_config())
@@ -102,8 +103,8 @@ def test_resume_after_crash_matches_straight_run(straight_run, tmp_path, monkeyp
     assert [r["epoch"] for r in run_files.read_metrics(str(tmp_path))] == [0, 0, 1, 1, 2, 2]
     monkeypatch.setattr(writers.RunWriter, "write", original)
     calls = []
-    monkeypatch.setattr(engine_streamed.StreamedEngine, "train_epoch",
-                        lambda self, state, _f=engine_streamed.StreamedEngine.train_epoch:
+    monkeypatch.setattr(streamed.StreamedEngine, "train_epoch",
+                        lambda self, state, _f=streamed.StreamedEngine.train_epoch:
                         calls.append(int(state.epoch[0])) or _f(self, state))
     train.train_and_evaluate(streamed_config(), str(tmp_path))  # resumes from the epoch-2 checkpoint
     assert calls == [2]
@@ -119,7 +120,7 @@ def test_per_layer_metrics_are_refused_for_streamed_data(tmp_path):
 
 def test_row_view_reads_rows_of_the_source_in_order():
     source = np.arange(30, dtype=np.float32).reshape(10, 3)
-    view = engine_streamed.RowView(source, np.array([9, 0, 0, 4]))
+    view = streamed.RowView(source, np.array([9, 0, 0, 4]))
     assert view.shape == (4, 3) and len(view) == 4
     np.testing.assert_array_equal(view[np.array([3, 0])], source[[4, 9]])
 
@@ -128,10 +129,10 @@ def test_centered_pass_rereads_the_train_set_when_features_are_not_kept(monkeypa
     config = streamed_config()
     data = load_dataset(config.data)
     members = sweeps.sweep_members(config)
-    run = engine_streamed.StreamedEngine(config, data, members)
+    run = streamed.StreamedEngine(config, data, members)
     state = run.create_state(members)
     _, cached = run.evaluate(state)
-    monkeypatch.setattr(engine_streamed, "CACHED_FEATURES_MB", -1.0)
+    monkeypatch.setattr(streamed, "CACHED_FEATURES_MB", -1.0)
     _, reread = run.evaluate(state)
     for key in ("nrc1_centered", "nrc2_centered", "nrc1", "train_mse"):
         np.testing.assert_allclose(np.asarray(reread[key]), np.asarray(cached[key]), rtol=1e-6, err_msg=key)

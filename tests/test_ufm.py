@@ -1,4 +1,4 @@
-"""nrc_jax.ufm (closed forms, gradient descent) and the UFM study command, against float64 numpy.
+"""nrc_jax.core.ufm (closed forms, gradient descent) and the UFM study command, against float64 numpy.
 
 Every gradient-descent call here uses one problem shape; the penalized calls use the solver's
 defaults and the lambda = 0 calls (tests and study) one other set of options, so the solver
@@ -15,8 +15,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from nrc_jax import ufm, ufm_study
-from nrc_jax.config_files import repository_config
+from nrc_jax import ufm_study
+from nrc_jax.core import ufm
+from nrc_jax.io.config_files import repository_config
 from nrc_jax.errors import ConfigError, DataError
 
 import reference_numpy as ref
@@ -294,7 +295,7 @@ def test_study_writes_figures_and_tables(tmp_path, capsys):
 
 def test_cli_rejects_a_bad_override_with_exit_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "nrc_jax.ufm", "--config=configs/ufm.py:quick",
+        [sys.executable, "-m", "nrc_jax.core.ufm", "--config=configs/ufm.py:quick",
          f"--config.out_dir={tmp_path}", "--config.d=2"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax import train, validate
+from nrc_jax.engine import train
+from nrc_jax.io import validate
 from nrc_jax.data import RegressionData, known_datasets
 from nrc_jax.errors import ConfigError, UserError
 

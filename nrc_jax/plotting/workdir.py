@@ -1,5 +1,5 @@
 """Training workdirs as the plots see them: members with their metric series, from the files that
-`nrc_jax.run_files` reads.
+`nrc_jax.io.run_files` reads.
 
 The only place that knows the engine's field names is the set of mappings at the top: when the
 engine renames a field, fix one line here. Every reader tolerates missing optional keys.
@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from nrc_jax import run_files
+from nrc_jax.io import run_files
 from nrc_jax.errors import DataError
 
 # Logical metric name -> key in a metrics.jsonl row.

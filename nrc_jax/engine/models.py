@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from nrc_jax.core.deep import LayerWeights
 from nrc_jax.errors import ConfigError
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -41,7 +42,7 @@ NARROW_OUTPUTS = 8
 def cpu_rewrites() -> bool:
     """Whether the CPU-only rewrites apply: the default backend (the mesh's devices) is the CPU.
 
-    Those rewrites (`narrow_dot_general`'s column-by-column head gradient, `engine.shuffled_indices`'
+    Those rewrites (`narrow_dot_general`'s column-by-column head gradient, `learner.shuffled_indices`'
     packed sort) were measured faster only on XLA:CPU; on GPU/TPU the plain ops run. Read at trace
     time; tests replace it to trace the other branch.
     """
@@ -317,9 +318,48 @@ def head_params(params: Any) -> tuple[jax.Array, jax.Array]:
     return w, b
 
 
+def _dense_matrix(params: Any, name: str) -> jax.Array:
+    return params[name]["kernel"].T
+
+
+def _conv_matrix(kernel: jax.Array) -> jax.Array:
+    """(kh, kw, c_in, c_out) -> (c_out, kh*kw*c_in), the matrix of the convolution on patches."""
+    return kernel.reshape(-1, kernel.shape[-1]).T
+
+
+def _conv_constant_input(kernel: jax.Array) -> jax.Array:
+    """(kh, kw, c_in, c_out) -> (c_out, c_in): the convolution applied to a spatially constant input."""
+    return jnp.sum(kernel, axis=(0, 1)).T
+
+
+def layer_weights(params: Any, model_config: Any) -> list[LayerWeights]:
+    """LayerWeights of every hidden layer of `get_model(model_config, n)`, in depth order (one entry
+    per element of the model's `hidden` list; `nrc_jax.core.deep`'s docstring says which weights)."""
+    arch = model_config.arch
+    head = head_params(params)[0]
+    if arch == "mlp":
+        names = [f"dense_{i}" for i in range(len(model_config.widths))]
+        own = [_dense_matrix(params, name) for name in names]
+        return [LayerWeights(w, r) for w, r in zip(own, own[1:] + [head])]
+    if arch == "small_cnn":
+        convs = [params[f"conv_{i}"]["kernel"] for i in range(len(model_config.channels))]
+        feature = _dense_matrix(params, "feature_dense")
+        readers = [_conv_constant_input(k) for k in convs[1:]] + [feature, head]
+        return [LayerWeights(w, r) for w, r in zip([_conv_matrix(k) for k in convs] + [feature], readers)]
+    if arch in ("resnet18", "resnet34"):
+        stages = (2, 2, 2, 2) if arch == "resnet18" else (3, 4, 6, 3)
+        own = [_conv_matrix(params[f"stage{s}_block{b - 1}"]["conv2"]["kernel"]) for s, b in enumerate(stages)]
+        readers = [_conv_constant_input(params[f"stage{s}_block0"]["conv1"]["kernel"]) for s in range(1, len(stages))]
+        if model_config.feature_dim:
+            feature = _dense_matrix(params, "feature_dense")
+            return [LayerWeights(w, r) for w, r in zip(own + [feature], readers + [feature, head])]
+        return [LayerWeights(w, r) for w, r in zip(own, readers + [head])]
+    raise ConfigError(f"model.arch={arch!r}: per-layer weights known for mlp, small_cnn, resnet18, resnet34")
+
+
 def has_batch_norm(model_config: ml_collections.ConfigDict) -> bool:
     return model_config.arch in ("resnet18", "resnet34") and model_config.norm == "batch"
 
 
 __all__ = ["MLP", "ResNet", "SmallCNN", "BasicBlock", "ARCHS", "INITS", "initializers", "get_model",
-           "default_model_config", "head_params", "has_batch_norm", "cpu_rewrites", "narrow_dot_general"]
+           "default_model_config", "head_params", "layer_weights", "has_batch_norm", "cpu_rewrites", "narrow_dot_general"]

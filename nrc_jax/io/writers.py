@@ -26,9 +26,10 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from nrc_jax import deep, run_files, summary, tensorboard
-from nrc_jax.progress import progress_reporter
-from nrc_jax.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, json_line
+from nrc_jax.core import deep
+from nrc_jax.io import run_files, summary, tensorboard
+from nrc_jax.io.progress import progress_reporter
+from nrc_jax.io.run_files import CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, json_line
 
 log = logging.getLogger(__name__)
 

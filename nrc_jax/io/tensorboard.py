@@ -21,8 +21,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from nrc_jax import run_files
-from nrc_jax.sweeps import SWEEP_FIELDS, member_label
+from nrc_jax.engine.sweeps import SWEEP_FIELDS, member_label
+from nrc_jax.io import run_files
 
 HPARAM_METRICS = ("train_mse", "test_mse", "nrc1", "nrc2", "nrc3", "loss")
 # The module tensorboardX writes each object store with, and its pip package.

@@ -8,7 +8,7 @@ prediction `H @ W.T + b`. The loss (spec, "The regression UFM") is
 
 with `c = lam_h * lam_w` and `Sigma = V diag(lambda_j) V^T` the centered target covariance.
 
-Command line (the study): `python -m nrc_jax.ufm --config=configs/ufm.py`.
+Command line (the study, `nrc_jax.ufm_study`): `python -m nrc_jax.ufm --config=configs/ufm.py`.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nrc_jax import metrics
-from nrc_jax.checks import array_arg, count_arg, is_concrete, nonnegative_scalar_arg
+from nrc_jax.core import metrics
+from nrc_jax.core.checks import array_arg, count_arg, is_concrete, nonnegative_scalar_arg
 from nrc_jax.errors import ConfigError, DataError
 
 Array = jax.Array
@@ -462,7 +462,7 @@ def gradient_descent(
 
     Returns (H (M, d), W (n, d), b (n,), history): `history` maps "iteration", "loss", "nrc1",
     "nrc2", "nrc3" to 1-D arrays (one entry every `log_every` iterations plus the last one; NRC3 at
-    gamma = lam_h*lam_w, NRC1/NRC2 in the paper's normalized form, all from `nrc_jax.metrics`),
+    gamma = lam_h*lam_w, NRC1/NRC2 in the paper's normalized form, all from `nrc_jax.core.metrics`),
     plus scalars "iterations", "converged", "restarts" (momentum restarts) and "change" (the final
     stationarity measure L_H ||dH||^2 + L_W ||dW||^2).
     """
@@ -490,8 +490,3 @@ def gradient_descent(
     history.update(info)
     return H, W, b, history
 
-
-if __name__ == "__main__":
-    from nrc_jax import ufm_study  # matplotlib and absl stay out of the library import
-
-    raise SystemExit(ufm_study.main())

@@ -1,7 +1,7 @@
 """Per-layer ("deep") Neural Regression Collapse metrics, pure jax.numpy.
 
 Rows are samples. For hidden layer i the features are `H_i` (M, d_i), the targets `Y` (M, n).
-The metrics are thin wrappers over the statistics-to-metrics code of `nrc_jax.metric_core`: a
+The metrics are thin wrappers over the statistics-to-metrics code of `nrc_jax.core.metric_core`: a
 layer's features are held as `stats.FeatureMoments`, either as rows in memory (`layer_metrics`,
 `per_layer_metrics`: residuals summed from the rows, covariances from centered rows) or as sums
 (`layer_metrics_from_stats`, from a `stats.FeatureStats` merged over batches, devices and hosts),
@@ -16,7 +16,7 @@ the per-sample normalized features, and `V_n` (d_i, n) the top-n eigenvectors of
   stable_rank         tr(S_h) / ||S_h||_2 = sum_k s_k^2 / max_k s_k^2, s the singular values of
                       the centered feature matrix
   weight_stable_rank  ||W_i||_F^2 / ||W_i||_2^2 of the weight matrix that produces the layer
-                      (`layer_weights`)
+                      (`nrc_jax.engine.models.layer_weights`)
   alignment           mean singular value of V_n^T R_n (n x n): the mean cosine of the principal
                       angles between the top-n feature PCs and R_n (d_i, n), the top-n right
                       singular vectors of the NEXT layer's weights (the directions of layer i that
@@ -34,7 +34,7 @@ the per-sample normalized features, and `V_n` (d_i, n) the top-n eigenvectors of
                       a smaller one in float64 to get the plain least-squares error)
 
 Layers are numbered from 0 in depth order, like `inspect --export`'s `layer_features_<i>`.
-The weights each layer uses (`layer_weights`):
+The weights each layer uses (`nrc_jax.engine.models.layer_weights`):
   mlp         W_i = dense_i kernel^T (d_i, d_{i-1}); reader = dense_{i+1} kernel^T, head W for the last
   small_cnn   conv_i: W_i = its kernel reshaped to (c_out, 3*3*c_in); reader = conv_{i+1} kernel summed
               over its 3x3 window (c_next, c_i), i.e. the map a spatially constant input sees (an
@@ -51,12 +51,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nrc_jax import metric_core, models
-from nrc_jax.checks import check_rows
+from nrc_jax.core import metric_core
+from nrc_jax.core.checks import check_rows
 from nrc_jax.errors import ConfigError, DataError
-from nrc_jax.linalg import (covariance_from_sums, cross_covariance_from_sums, dot, kept_count, masked, safe_divide,
+from nrc_jax.core.linalg import (covariance_from_sums, cross_covariance_from_sums, dot, kept_count, masked, safe_divide,
                             symmetrize)
-from nrc_jax.stats import FeatureMoments, FeatureStats, feature_moments_from_rows, feature_moments_from_stats
+from nrc_jax.core.stats import FeatureMoments, FeatureStats, feature_moments_from_rows, feature_moments_from_stats
 
 Array = jax.Array
 LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")
@@ -222,45 +222,6 @@ def _layer_metrics(m: LayerMoments, weights: LayerWeights | None, n: int, probe_
 
 
 # ----------------------------------------------------------------------------- a whole network
-def _dense(params: Any, name: str) -> Array:
-    return params[name]["kernel"].T
-
-
-def _conv_matrix(kernel: Array) -> Array:
-    """(kh, kw, c_in, c_out) -> (c_out, kh*kw*c_in), the matrix of the convolution on patches."""
-    return kernel.reshape(-1, kernel.shape[-1]).T
-
-
-def _conv_constant_input(kernel: Array) -> Array:
-    """(kh, kw, c_in, c_out) -> (c_out, c_in): the convolution applied to a spatially constant input."""
-    return jnp.sum(kernel, axis=(0, 1)).T
-
-
-def layer_weights(params: Any, model_config: Any) -> list[LayerWeights]:
-    """LayerWeights of every hidden layer of `models.get_model(model_config, n)`, in depth order
-    (one entry per element of the model's `hidden` list; module docstring says which weights)."""
-    arch = model_config.arch
-    head = models.head_params(params)[0]
-    if arch == "mlp":
-        names = [f"dense_{i}" for i in range(len(model_config.widths))]
-        own = [_dense(params, name) for name in names]
-        return [LayerWeights(w, r) for w, r in zip(own, own[1:] + [head])]
-    if arch == "small_cnn":
-        convs = [params[f"conv_{i}"]["kernel"] for i in range(len(model_config.channels))]
-        feature = _dense(params, "feature_dense")
-        readers = [_conv_constant_input(k) for k in convs[1:]] + [feature, head]
-        return [LayerWeights(w, r) for w, r in zip([_conv_matrix(k) for k in convs] + [feature], readers)]
-    if arch in ("resnet18", "resnet34"):
-        stages = (2, 2, 2, 2) if arch == "resnet18" else (3, 4, 6, 3)
-        own = [_conv_matrix(params[f"stage{s}_block{b - 1}"]["conv2"]["kernel"]) for s, b in enumerate(stages)]
-        readers = [_conv_constant_input(params[f"stage{s}_block0"]["conv1"]["kernel"]) for s in range(1, len(stages))]
-        if model_config.feature_dim:
-            feature = _dense(params, "feature_dense")
-            return [LayerWeights(w, r) for w, r in zip(own + [feature], readers + [feature, head])]
-        return [LayerWeights(w, r) for w, r in zip(own, readers + [head])]
-    raise ConfigError(f"model.arch={arch!r}: per-layer weights known for mlp, small_cnn, resnet18, resnet34")
-
-
 def per_layer_metrics(hidden: Sequence[Array], targets: Array, predictions: Array, weights: Sequence[LayerWeights],
                       mask: Array | None = None, *, probe_ridge: float | None = None) -> dict[str, Array]:
     """Per-layer metrics of a network on one set held in memory, for use inside compiled code.
@@ -268,7 +229,7 @@ def per_layer_metrics(hidden: Sequence[Array], targets: Array, predictions: Arra
     Args:
       hidden: list of L feature arrays (M, d_i), in depth order.
       targets, predictions: (M, n) (the predictions are checked like the targets; no per-layer
-        metric reads them). weights: L LayerWeights (`layer_weights`).
+        metric reads them). weights: L LayerWeights (`nrc_jax.engine.models.layer_weights`).
       mask: optional (M,) row mask (padding rows 0).
     Returns: dict key -> (L,) array for every LAYER_KEYS entry, plus `width` (L,) int32.
     """
@@ -297,4 +258,4 @@ def layer_rows(layers: dict[str, Any]) -> list[dict]:
 __all__ = ["LAYER_KEYS", "LayerWeights", "LayerMoments", "stable_rank", "top_right_singular_vectors",
            "subspace_alignment", "linear_cka_from_covariances", "probe_mse_from_covariances",
            "layer_moments_from_stats", "layer_moments_from_rows", "layer_metrics_from_stats", "layer_metrics",
-           "layer_weights", "per_layer_metrics", "layer_rows"]
+           "per_layer_metrics", "layer_rows"]

@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nrc_jax import optim, run_files
+from nrc_jax.engine import optim
+from nrc_jax.io import run_files
 from nrc_jax.data import RegressionData
 from nrc_jax.errors import ConfigError, DiskFullError
 

@@ -1,8 +1,8 @@
 """The training driver: resume, the loop over evaluations, divergence checks, checkpoints, rows.
 
 `train_and_evaluate(config, workdir)` runs one configured run (a sweep of K members) on one of two
-engines (`engine.Engine`): `engine_memory.MemoryEngine` when the data set fits on the devices,
-`engine_streamed.StreamedEngine` when it is streamed from the host (larger than
+engines (`learner.Engine`): `memory.MemoryEngine` when the data set fits on the devices,
+`streamed.StreamedEngine` when it is streamed from the host (larger than
 `data.max_in_memory_mb`). Both return the same metric rows; the driver does the rest the same way.
 
 The driver dispatches chunk i+1 before it fetches, checks and writes the rows of chunk i (JAX
@@ -17,11 +17,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from nrc_jax import checkpoints, locking, metrics, run_files, sweeps, validate, writers
+from nrc_jax.core import metrics
+from nrc_jax.engine import sweeps
+from nrc_jax.io import checkpoints, locking, run_files, validate, writers
 from nrc_jax.data import RegressionData, load_dataset
-from nrc_jax.engine import Engine, TrainState, head_weights
-from nrc_jax.engine_memory import MemoryEngine
-from nrc_jax.engine_streamed import StreamedEngine
+from nrc_jax.engine.learner import Engine, TrainState, head_weights
+from nrc_jax.engine.memory import MemoryEngine
+from nrc_jax.engine.streamed import StreamedEngine
 from nrc_jax.errors import DivergenceError
 
 

@@ -5,8 +5,8 @@ K = 1 without a sweep). Devices form a 2-D `Mesh` ('members', 'data'): the state
 sharded over 'members', minibatches and evaluation chunks over 'data'.
 
 Two engines implement `Engine`, the narrow interface the driver (`train.py`) uses:
-`engine_memory.MemoryEngine` (the data set on the devices, many epochs per compiled call) and
-`engine_streamed.StreamedEngine` (image sets larger than `data.max_in_memory_mb`, minibatches
+`memory.MemoryEngine` (the data set on the devices, many epochs per compiled call) and
+`streamed.StreamedEngine` (image sets larger than `data.max_in_memory_mb`, minibatches
 streamed from the host). Both take every compiled piece below from one `Learner`: the batch loss
 (data term + regularization), the optimizer step, the per-member shuffles
 (`epoch_batches(fold_in(member_key, epoch))`, so shuffles depend only on (seed, epoch) and a resumed
@@ -25,7 +25,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import metrics, models, optim
+from nrc_jax.core import metrics
+from nrc_jax.engine import models, optim
 from nrc_jax.errors import ConfigError
 
 MEMBER_AXIS = "members"

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nrc_jax import metrics
+from nrc_jax.core import metrics
 
 # NRC3 with gamma searched at each evaluation's own weights; the spec's `nrc3` uses the gamma that is
 # best at the final weights for every epoch, so it is added to the rows when the run finishes.

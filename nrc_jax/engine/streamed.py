@@ -2,7 +2,7 @@
 
 The driver (`train.train_and_evaluate`) picks this engine when the data set's inputs are
 `ArraySource`s (larger than `data.max_in_memory_mb`). Model, loss, optimizer, shuffles and metric
-rows are the shared `engine.Learner`'s; what differs from the in-memory engine is the loop:
+rows are the shared `learner.Learner`'s; what differs from the in-memory engine is the loop:
 
   * training: one jitted, donated `train_step(state, x, y, mask)` per minibatch. Each member reads
     its own shuffled epoch, `Learner.epoch_batches(fold_in(member_key, epoch))` as in the in-memory
@@ -35,11 +35,13 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, metrics, models
+from nrc_jax.core import metrics
+from nrc_jax.engine import models
+from nrc_jax.io import checkpoints
 from nrc_jax.data import RegressionData
 from nrc_jax.data.base import setting
 from nrc_jax.data.batches import iterate_batches
-from nrc_jax.engine import (DATA_AXIS, MEMBER_AXIS, Learner, TrainState, batch_layout, cached_program, make_mesh,
+from nrc_jax.engine.learner import (DATA_AXIS, MEMBER_AXIS, Learner, TrainState, batch_layout, cached_program, make_mesh,
                             round_up)
 from nrc_jax.errors import ConfigError
 
@@ -137,7 +139,7 @@ class StreamedSteps:
         return jax.vmap(lambda hk, mu: metrics.centered_feature_stats(hk, mu, mask))(h, mean)
 
     def _finish(self, state: TrainState, stats, centered, test_stats, sigma: jax.Array) -> dict:
-        """The metrics dict (K, ...) of `engine_memory.Trainer.evaluate`, from whole-set statistics."""
+        """The metrics dict (K, ...) of `memory.Trainer.evaluate`, from whole-set statistics."""
         def member(s, st, cs, ts):
             w, _ = models.head_params(s.params)
             train = metrics.metrics_from_stats(st, w, sigma=sigma, centered=cs, **self.learner.metric_options(s))
@@ -179,7 +181,7 @@ class Streamer:
 
 
 class StreamedEngine:
-    """`engine.Engine` of a streamed run: the data, the compiled steps and the epoch / evaluation loops."""
+    """`learner.Engine` of a streamed run: the data, the compiled steps and the epoch / evaluation loops."""
 
     asynchronous = False  # the host reads every batch of a chunk before train_epochs returns
 

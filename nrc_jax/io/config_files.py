@@ -47,7 +47,7 @@ def sibling(config_file: str, name: str) -> types.ModuleType:
 def repository_config_path(name: str) -> str:
     """The path of `configs/<name>.py` in the checkout this nrc_jax comes from (a tool's default
     `--config`, valid from any working directory)."""
-    return str(pathlib.Path(__file__).resolve().parents[1] / "configs" / f"{name}.py")
+    return str(pathlib.Path(__file__).resolve().parents[2] / "configs" / f"{name}.py")
 
 
 def repository_config(name: str) -> types.ModuleType:

@@ -19,9 +19,11 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nrc_jax import checkpoints, deep, distributed, metrics, models
+from nrc_jax.core import deep, metrics
+from nrc_jax.engine import models
+from nrc_jax.io import checkpoints, distributed
 from nrc_jax.data import RegressionData
-from nrc_jax.engine import (DATA_AXIS, MEMBER_AXIS, Learner, TrainState, cached_program, config_mesh, round_up)
+from nrc_jax.engine.learner import (DATA_AXIS, MEMBER_AXIS, Learner, TrainState, cached_program, config_mesh, round_up)
 from nrc_jax.errors import ConfigError
 
 
@@ -172,7 +174,7 @@ class Trainer:
                                               **self.learner.metric_options(state))
         layers = None
         if c.metrics.per_layer:
-            layers = deep.per_layer_metrics(hidden, data.y_train, pred, deep.layer_weights(state.params, c.model),
+            layers = deep.per_layer_metrics(hidden, data.y_train, pred, models.layer_weights(state.params, c.model),
                                             data.mask_train)
         pred, _, _ = self._features(state.params, state.model_state, data.x_test, data.test_chunk)
         test = metrics.regression_metrics(data.y_test, pred, data.mask_test)
@@ -194,12 +196,12 @@ class Trainer:
 
 def get_trainer(config: ml_collections.ConfigDict, mesh: Mesh, input_shape: tuple[int, ...],
                 out_dim: int) -> Trainer:
-    """A Trainer, reused for configs that compile the same program (`engine.cached_program`)."""
+    """A Trainer, reused for configs that compile the same program (`learner.cached_program`)."""
     return cached_program(Trainer, config, mesh, input_shape, out_dim)
 
 
 class MemoryEngine:
-    """`engine.Engine` over a `Trainer` and the data set on the devices."""
+    """`learner.Engine` over a `Trainer` and the data set on the devices."""
 
     asynchronous = True  # train_epochs returns once the chunk is dispatched
 

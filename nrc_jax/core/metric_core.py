@@ -21,9 +21,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from nrc_jax.linalg import (Rows, covariance_from_sums, dot, residual_share, row_space_basis, subspace_iteration,
+from nrc_jax.core.linalg import (Rows, covariance_from_sums, dot, residual_share, row_space_basis, subspace_iteration,
                             symmetrize, top_eigh)
-from nrc_jax.stats import FeatureMoments, Moments
+from nrc_jax.core.stats import FeatureMoments, Moments
 
 Array = jax.Array
 VARIANTS = ("paper", "centered", "variance", "unnormalized", "unnormalized_md")

@@ -28,16 +28,16 @@ Conventions the spec leaves open (the test oracle tests/reference_numpy.py follo
   (sklearn's y_true, y_pred); `r2` is the mean of the per-dimension values.
 
 Where the code lives (every name below stays importable from here):
-- this module: the public entry points, which check their arguments (`nrc_jax.checks`) and call
+- this module: the public entry points, which check their arguments (`nrc_jax.core.checks`) and call
   compiled code: the array functions (`nrc1`, `nrc2`, `nrc3`, `nrc3_curve`, `best_gamma`,
   `explained_variance_ratio`, `target_stats`, `mse`, `mse_per_dim`, `r2`, `r2_per_dim`,
   `top_eigenvectors`), `metrics_from_stats`, `metrics_from_features` and `regression_metrics`.
-- `nrc_jax.stats`: sufficient statistics. `FeatureStats` (built by `feature_stats`, added by
+- `nrc_jax.core.stats`: sufficient statistics. `FeatureStats` (built by `feature_stats`, added by
   `merge`) holds sums over samples, so metrics of a data set streamed in batches, sharded over
   devices or split over hosts are exact; the "centered" variant needs hbar before normalizing, so it
   takes a second pass, `centered_feature_stats(features, feature_mean(stats))`.
-- `nrc_jax.metric_core`: statistics to metrics. One definition of each metric: every entry point
-  (the array functions, `metrics_from_stats`, `metrics_from_features` and `nrc_jax.deep`'s
+- `nrc_jax.core.metric_core`: statistics to metrics. One definition of each metric: every entry point
+  (the array functions, `metrics_from_stats`, `metrics_from_features` and `nrc_jax.core.deep`'s
   per-layer metrics) holds the moments of H as a `FeatureMoments` (rows or sums) and reads the
   principal directions from `principal_subspace`, NRC1/NRC2 in every variant from `nrc_variants`,
   NRC3 from `nrc3_values`, EVR from `explained_variance`, MSE and R2 from `regression_from_sums`.
@@ -55,13 +55,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from nrc_jax.checks import (ArrayLike, array_arg, as_2d, check_rows, count_arg, features_arg, finite_arg, mask_arg,
+from nrc_jax.core.checks import (ArrayLike, array_arg, as_2d, check_rows, count_arg, features_arg, finite_arg, mask_arg,
                             nonnegative_scalar_arg, sigma_arg, targets_predictions_args, weights_arg)
 from nrc_jax.errors import ConfigError, DataError
-from nrc_jax.linalg import dot, row_space_basis, subspace_iteration, symmetrize
-from nrc_jax.metric_core import (VARIANTS, all_metrics, best_gamma_on_grid, explained_variance, nrc3_at, nrc3_grid,
+from nrc_jax.core.linalg import dot, row_space_basis, subspace_iteration, symmetrize
+from nrc_jax.core.metric_core import (VARIANTS, all_metrics, best_gamma_on_grid, explained_variance, nrc3_at, nrc3_grid,
                                  nrc_variants, principal_subspace, regression_from_moments, regression_from_sums)
-from nrc_jax.stats import (CenteredStats, FeatureMoments, FeatureStats, centered_feature_stats,
+from nrc_jax.core.stats import (CenteredStats, FeatureMoments, FeatureStats, centered_feature_stats,
                            empty_feature_stats, feature_mean, feature_moments_from_rows, feature_moments_from_stats,
                            feature_stats, first_moments, merge, moments_of, target_moments)
 
@@ -394,7 +394,7 @@ __all__ = [
     "mse", "mse_per_dim", "r2", "r2_per_dim", "top_eigenvectors", "pca_basis_init",
     # statistics to metrics
     "metrics_from_stats", "metrics_from_features", "regression_metrics", "principal_subspace", "nrc_variants",
-    # re-exported from nrc_jax.stats and nrc_jax.checks
+    # re-exported from nrc_jax.core.stats and nrc_jax.core.checks
     "FeatureStats", "CenteredStats", "FeatureMoments", "feature_stats", "centered_feature_stats", "merge",
     "empty_feature_stats", "feature_mean", "feature_moments_from_stats", "feature_moments_from_rows", "check_rows",
 ]

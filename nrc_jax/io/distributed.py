@@ -468,7 +468,7 @@ def _parse_int_list(value: str, name: str) -> tuple[int, ...]:
 def _announce(settings: Settings) -> None:
     # Printed before joining: if JAX aborts the process later (e.g. process 0 waiting for peers
     # that never come), this line says what it was waiting for.
-    print(f"nrc_jax.distributed: process {settings.process_id}/{settings.num_processes} joining the "
+    print(f"nrc_jax.io.distributed: process {settings.process_id}/{settings.num_processes} joining the "
           f"coordinator at {settings.coordinator_address} (timeout {settings.initialization_timeout} s)",
           file=sys.stderr, flush=True)
 
