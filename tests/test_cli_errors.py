@@ -64,7 +64,7 @@ def cases(d, tmp):
                                [str(d / "missing.npz")]),
         "data: nan targets": ([sys.executable, "-m", "nrc_jax.data", "describe", "npz", "--path", str(d / "nan_targets.npz")],
                               ["nan"]),
-        "ufm: d < n": ([sys.executable, "-m", "nrc_jax.core.ufm", "--config=configs/ufm.py:quick", f"--config.out_dir={tmp / 'ufm'}",
+        "ufm: d < n": ([sys.executable, "-m", "nrc_jax.ufm", "--config=configs/ufm.py:quick", f"--config.out_dir={tmp / 'ufm'}",
                         "--config.d=2"], ["d=2"]),
     }
 

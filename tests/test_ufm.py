@@ -295,7 +295,7 @@ def test_study_writes_figures_and_tables(tmp_path, capsys):
 
 def test_cli_rejects_a_bad_override_with_exit_2(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "nrc_jax.core.ufm", "--config=configs/ufm.py:quick",
+        [sys.executable, "-m", "nrc_jax.ufm", "--config=configs/ufm.py:quick",
          f"--config.out_dir={tmp_path}", "--config.d=2"],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2, result.stderr
