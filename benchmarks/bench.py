@@ -306,8 +306,8 @@ class Engine:
 
 def make_engine(size: Size, num_members: int = 1, overrides: dict[str, Any] | None = None) -> Engine:
     import torch_reference  # for its random data: the reference trains on the same arrays
-    from nrc_jax.engine import learner, memory, sweeps
     from nrc_jax.data import RegressionData
+    from nrc_jax.engine import learner, memory, sweeps
 
     config = mlp_config({"train.eval_every": EVAL_EVERY, **(overrides or {})})
     if num_members > 1:

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from nrc_jax.engine import models, optim, sweeps
 from nrc_jax.data import default_data_config
+from nrc_jax.engine import models, optim, sweeps
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:

@@ -24,9 +24,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from nrc_jax.io import run_files
-from nrc_jax.errors import DataError, UserError
 from nrc_jax.engine.sweeps import member_label
+from nrc_jax.errors import DataError, UserError
+from nrc_jax.io import run_files
 
 MAX_ROWS = 1000
 RUN_FILE = "run.json"

@@ -22,8 +22,8 @@ import numpy as np
 def _load_config(workdir: str):
     import ml_collections
 
-    from nrc_jax.io import run_files
     from nrc_jax.errors import DataError
+    from nrc_jax.io import run_files
 
     config = run_files.read_config(workdir)
     if config is None:
@@ -55,8 +55,8 @@ def _reason(error: Exception) -> str:
 def load_run(workdir: str, step: int | None = None) -> dict[str, Any]:
     """The run at `step` (default: the newest readable step): config, steps, meta, host state, rows,
     the Trainer and `skipped`, [(step, reason)] of newer steps that failed to read."""
-    from nrc_jax.io import checkpoints, run_files
     from nrc_jax.errors import DataError
+    from nrc_jax.io import checkpoints, run_files
 
     config = _tuples(_load_config(workdir))
     ckpt = checkpoints.Checkpoints(workdir, meta={}, max_to_keep=config.train.max_to_keep, read_only=True)
@@ -112,8 +112,8 @@ def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
     """Writes the train-set features etc. of one sweep member at the run's step to `out_path`."""
     import jax
 
-    from nrc_jax.engine import memory, models
     from nrc_jax.data import load_dataset
+    from nrc_jax.engine import memory, models
     from nrc_jax.errors import ConfigError
 
     members = run["meta"]["members"]
@@ -165,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = cli.namespace(fv, workdir=workdir)
     from absl import logging as absl_logging
 
-    from nrc_jax.io import checkpoints
     from nrc_jax.errors import UserError
+    from nrc_jax.io import checkpoints
 
     absl_logging.set_verbosity(absl_logging.ERROR)  # Orbax warns about read-only managers
     checkpoints.silence_async_noise()

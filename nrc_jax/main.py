@@ -28,8 +28,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not flags.FLAGS["verbosity"].present:
         show_own_info_only()
-    from nrc_jax.io import checkpoints, distributed
     from nrc_jax.errors import UserError
+    from nrc_jax.io import checkpoints, distributed
 
     checkpoints.silence_async_noise()
 

@@ -226,8 +226,8 @@ def sweep_label(sweep: dict) -> str:
 
 def training_rows(workdir: pathlib.Path) -> list[dict]:
     """Per sweep member of a training workdir: the first and final logged metrics and the summary."""
-    from nrc_jax.io import run_files
     from nrc_jax.errors import DataError
+    from nrc_jax.io import run_files
 
     run = run_files.load(workdir)
     if not run.finished:

@@ -24,7 +24,7 @@ def traced_at_most(monkeypatch):
     from nrc_jax.engine import learner
 
     chex.clear_trace_counter()
-    monkeypatch.setattr(engine, "_PROGRAMS", {})
+    monkeypatch.setattr(learner, "_PROGRAMS", {})
 
     def limit(cls, name: str, n: int) -> None:
         monkeypatch.setattr(cls, name, chex.assert_max_traces(getattr(cls, name), n=n))

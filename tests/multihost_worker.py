@@ -20,8 +20,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import multihost_helpers as helpers  # noqa: E402  (beside this file)
-from nrc_jax.io import distributed  # noqa: E402
 from nrc_jax.errors import UserError  # noqa: E402
+from nrc_jax.io import distributed  # noqa: E402
 
 NUM_ROWS = 10  # does not divide over 4 devices: exercises the padding and the mask
 FEATURES = 3

@@ -16,8 +16,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from nrc_jax.core import metrics
-from nrc_jax.io import distributed
 from nrc_jax.errors import ConfigError
+from nrc_jax.io import distributed
 
 sys.path.insert(0, os.path.dirname(__file__))
 import multihost_helpers as helpers  # noqa: E402

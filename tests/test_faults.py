@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax.engine import train
-from nrc_jax.io import run_files, writers
 from nrc_jax.data import default_data_config, load_dataset
+from nrc_jax.engine import train
 from nrc_jax.errors import DivergenceError
+from nrc_jax.io import run_files, writers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {"data.name": "npz", "model.widths": (16, 16), "train.batch_size": 32, "train.progress_bar": False,

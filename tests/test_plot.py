@@ -10,8 +10,8 @@ from matplotlib.colors import to_hex
 
 from fixtures_workdir import EPOCHS, write_workdir
 from nrc_jax import plot
-from nrc_jax.io import run_files
 from nrc_jax.errors import DataError
+from nrc_jax.io import run_files
 from nrc_jax.plotting import figures, table
 from nrc_jax.plotting.groups import build_groups, colour_map, format_value, pooled_series
 from nrc_jax.plotting.workdir import load_workdir, load_workdirs

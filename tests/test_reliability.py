@@ -15,8 +15,8 @@ import pytest
 
 from configs import mlp
 from nrc_jax.engine import train
-from nrc_jax.io import locking, run_files, writers
 from nrc_jax.errors import ConfigError, DataError
+from nrc_jax.io import locking, run_files, writers
 
 from tests.test_faults import REPO, RUN_TIMEOUT_S, TINY, npz_path  # noqa: F401 (fixture)
 
@@ -331,8 +331,8 @@ def test_non_finite_initial_evaluation_is_not_called_a_divergence():
 
 
 def test_a_full_disk_is_one_error_and_leaves_no_partial_checkpoint(npz_path, tmp_path, monkeypatch):
-    from nrc_jax.io import checkpoints
     from nrc_jax.errors import DiskFullError
+    from nrc_jax.io import checkpoints
 
     monkeypatch.setattr(checkpoints, "_free_bytes", lambda directory: 5000)  # checked before each save
     with pytest.raises(DiskFullError) as error:
@@ -399,8 +399,8 @@ def test_cli_on_a_full_device(npz_path, small_disk, cli_env):
 @pytest.mark.slow
 def test_no_space_inside_an_async_save_removes_the_partial_checkpoint(npz_path, small_disk, monkeypatch):
     """Orbax's own write fails (no margin left for the pre-save check): still one DiskFullError."""
-    from nrc_jax.io import checkpoints
     from nrc_jax.errors import DiskFullError
+    from nrc_jax.io import checkpoints
 
     monkeypatch.setattr(checkpoints, "SAVE_MARGIN_BYTES", 0)
     workdir = small_disk("300k") / "run"

@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from nrc_jax.io import run_files
 from nrc_jax.errors import DataError
+from nrc_jax.io import run_files
 
 
 def row(epoch: int, index: int = 0, **values) -> dict:

@@ -8,8 +8,8 @@ import pytest
 
 from configs import mlp
 from nrc_jax.engine import learner, memory, sweeps, train
-from nrc_jax.io import run_files, writers
 from nrc_jax.errors import ConfigError, DivergenceError
+from nrc_jax.io import run_files, writers
 
 ROW_KEYS = {"epoch", "sweep_index", "sweep", "train_mse", "test_mse", "train_mse_per_dim", "test_mse_per_dim",
             "train_r2", "test_r2", "train_r2_per_dim", "test_r2_per_dim", "loss", "nrc1", "nrc2", "nrc3",

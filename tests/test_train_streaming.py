@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from configs import images
-from nrc_jax.engine import streamed, sweeps, train
-from nrc_jax.io import run_files, writers
 from nrc_jax.data import load_dataset
+from nrc_jax.engine import streamed, sweeps, train
 from nrc_jax.errors import ConfigError
+from nrc_jax.io import run_files, writers
 
 ROW_KEYS = {"epoch", "sweep_index", "sweep", "train_mse", "test_mse", "train_r2", "test_r2", "loss", "nrc1",
             "nrc2", "nrc3", "nrc3_gamma", "nrc1_centered", "nrc2_centered", "nrc1_variance", "evr", "wwt",
@@ -51,7 +51,7 @@ def straight_run(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("straight"))
     chex.clear_trace_counter()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(engine, "_PROGRAMS", {})
+        patch.setattr(learner, "_PROGRAMS", {})
         for name in ("_train_step", "_stats_step"):  # one compilation each, whatever the batch
             patch.setattr(streamed.StreamedSteps, name,
                           chex.assert_max_traces(getattr(streamed.StreamedSteps, name), n=1))

@@ -17,8 +17,8 @@ import pytest
 
 from nrc_jax import ufm_study
 from nrc_jax.core import ufm
-from nrc_jax.io.config_files import repository_config
 from nrc_jax.errors import ConfigError, DataError
+from nrc_jax.io.config_files import repository_config
 
 import reference_numpy as ref
 

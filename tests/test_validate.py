@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from configs import mlp
-from nrc_jax.engine import train
-from nrc_jax.io import validate
 from nrc_jax.data import RegressionData, known_datasets
+from nrc_jax.engine import train
 from nrc_jax.errors import ConfigError, UserError
+from nrc_jax.io import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

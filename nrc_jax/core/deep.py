@@ -53,10 +53,10 @@ import numpy as np
 
 from nrc_jax.core import metric_core
 from nrc_jax.core.checks import check_rows
-from nrc_jax.errors import ConfigError, DataError
 from nrc_jax.core.linalg import (covariance_from_sums, cross_covariance_from_sums, dot, kept_count, masked, safe_divide,
-                            symmetrize)
+                                 symmetrize)
 from nrc_jax.core.stats import FeatureMoments, FeatureStats, feature_moments_from_rows, feature_moments_from_stats
+from nrc_jax.errors import ConfigError, DataError
 
 Array = jax.Array
 LAYER_KEYS = ("nrc1_variance", "nrc1", "stable_rank", "weight_stable_rank", "alignment", "cka", "probe_mse")

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from nrc_jax.core.linalg import (Rows, covariance_from_sums, dot, residual_share, row_space_basis, subspace_iteration,
-                            symmetrize, top_eigh)
+                                 symmetrize, top_eigh)
 from nrc_jax.core.stats import FeatureMoments, Moments
 
 Array = jax.Array

@@ -56,14 +56,15 @@ import jax
 import jax.numpy as jnp
 
 from nrc_jax.core.checks import (ArrayLike, array_arg, as_2d, check_rows, count_arg, features_arg, finite_arg, mask_arg,
-                            nonnegative_scalar_arg, sigma_arg, targets_predictions_args, weights_arg)
-from nrc_jax.errors import ConfigError, DataError
+                                 nonnegative_scalar_arg, sigma_arg, targets_predictions_args, weights_arg)
 from nrc_jax.core.linalg import dot, row_space_basis, subspace_iteration, symmetrize
 from nrc_jax.core.metric_core import (VARIANTS, all_metrics, best_gamma_on_grid, explained_variance, nrc3_at, nrc3_grid,
-                                 nrc_variants, principal_subspace, regression_from_moments, regression_from_sums)
+                                      nrc_variants, principal_subspace, regression_from_moments, regression_from_sums)
 from nrc_jax.core.stats import (CenteredStats, FeatureMoments, FeatureStats, centered_feature_stats,
-                           empty_feature_stats, feature_mean, feature_moments_from_rows, feature_moments_from_stats,
-                           feature_stats, first_moments, merge, moments_of, target_moments)
+                                empty_feature_stats, feature_mean, feature_moments_from_rows,
+                                feature_moments_from_stats, feature_stats, first_moments, merge, moments_of,
+                                target_moments)
+from nrc_jax.errors import ConfigError, DataError
 
 Array = jax.Array
 

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from nrc_jax.core.checks import ArrayLike, array_arg, check_rows, features_arg, finite_arg, mask_arg
-from nrc_jax.errors import DataError
 from nrc_jax.core.linalg import Gram, Rows, dot, kept_count, masked, normalize_rows, symmetrize
+from nrc_jax.errors import DataError
 
 Array = jax.Array
 

@@ -20,11 +20,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nrc_jax.core import deep, metrics
-from nrc_jax.engine import models
-from nrc_jax.io import checkpoints, distributed
 from nrc_jax.data import RegressionData
+from nrc_jax.engine import models
 from nrc_jax.engine.learner import (DATA_AXIS, MEMBER_AXIS, Learner, TrainState, cached_program, config_mesh, round_up)
 from nrc_jax.errors import ConfigError
+from nrc_jax.io import checkpoints, distributed
 
 
 @flax.struct.dataclass

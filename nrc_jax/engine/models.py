@@ -362,4 +362,5 @@ def has_batch_norm(model_config: ml_collections.ConfigDict) -> bool:
 
 
 __all__ = ["MLP", "ResNet", "SmallCNN", "BasicBlock", "ARCHS", "INITS", "initializers", "get_model",
-           "default_model_config", "head_params", "layer_weights", "has_batch_norm", "cpu_rewrites", "narrow_dot_general"]
+           "default_model_config", "head_params", "layer_weights", "has_batch_norm", "cpu_rewrites",
+           "narrow_dot_general"]

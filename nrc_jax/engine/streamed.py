@@ -36,14 +36,14 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nrc_jax.core import metrics
-from nrc_jax.engine import models
-from nrc_jax.io import checkpoints
 from nrc_jax.data import RegressionData
 from nrc_jax.data.base import setting
 from nrc_jax.data.batches import iterate_batches
-from nrc_jax.engine.learner import (DATA_AXIS, MEMBER_AXIS, Learner, TrainState, batch_layout, cached_program, make_mesh,
-                            round_up)
+from nrc_jax.engine import models
+from nrc_jax.engine.learner import (DATA_AXIS, MEMBER_AXIS, Learner, TrainState, batch_layout, cached_program,
+                                    make_mesh, round_up)
 from nrc_jax.errors import ConfigError
+from nrc_jax.io import checkpoints
 
 DEFAULT_PREFETCH = 2      # batches read ahead (data.prefetch when the config has it)
 DEFAULT_NUM_WORKERS = 2   # reader threads (data.num_workers when the config has it)

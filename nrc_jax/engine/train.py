@@ -18,13 +18,13 @@ import ml_collections
 import numpy as np
 
 from nrc_jax.core import metrics
-from nrc_jax.engine import sweeps
-from nrc_jax.io import checkpoints, locking, run_files, validate, writers
 from nrc_jax.data import RegressionData, load_dataset
+from nrc_jax.engine import sweeps
 from nrc_jax.engine.learner import Engine, TrainState, head_weights
 from nrc_jax.engine.memory import MemoryEngine
 from nrc_jax.engine.streamed import StreamedEngine
 from nrc_jax.errors import DivergenceError
+from nrc_jax.io import checkpoints, locking, run_files, validate, writers
 
 
 def itstime(epoch: int, every: int, total: int, last: bool = True) -> bool:

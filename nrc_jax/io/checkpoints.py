@@ -31,10 +31,10 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from nrc_jax.engine import optim
-from nrc_jax.io import run_files
 from nrc_jax.data import RegressionData
+from nrc_jax.engine import optim
 from nrc_jax.errors import ConfigError, DiskFullError
+from nrc_jax.io import run_files
 
 log = logging.getLogger(__name__)
 

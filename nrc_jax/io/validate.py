@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import ml_collections
 
-from nrc_jax.engine import models, optim, sweeps
 from nrc_jax.data import known_datasets
 from nrc_jax.data.transforms import TRANSFORMS
+from nrc_jax.engine import models, optim, sweeps
 from nrc_jax.errors import ConfigError
 
 MAX_SEED = 2**31 - 1  # seeds become int32 PRNG keys

@@ -13,8 +13,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from nrc_jax.io import run_files
 from nrc_jax.errors import DataError
+from nrc_jax.io import run_files
 
 # Logical metric name -> key in a metrics.jsonl row.
 ROW_KEYS: dict[str, str] = {
