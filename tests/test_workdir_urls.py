@@ -19,8 +19,9 @@ from etils.epath import gpath
 from etils.epath import testing as epath_testing
 from fsspec.implementations.memory import MemoryFileSystem
 
-from nrc_jax import checkpoints, evidence, locking, run_files, tensorboard, validate, writers
+from nrc_jax import evidence
 from nrc_jax.errors import ConfigError
+from nrc_jax.io import checkpoints, locking, run_files, tensorboard, validate, writers
 from nrc_jax.plotting import workdir as plot_workdir
 
 BUCKET = "gs://bucket"

@@ -29,8 +29,8 @@ import sys
 import time
 from typing import Any
 
-from nrc_jax import run_files
 from nrc_jax.errors import ConfigError, UserError
+from nrc_jax.io import run_files
 
 LOCK_FILE = ".nrc_jax.lock"
 _KV_KEY = "nrc_jax_workdir_lock"
