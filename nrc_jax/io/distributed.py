@@ -48,6 +48,9 @@ HEARTBEAT_S = 2.0         # PeerWatch: each process beats this often ...
 # ... and a peer silent this long is lost: under gloo's fixed 30 s collective deadline, which
 # otherwise aborts a process waiting on a hung peer with a C++ dump and no message.
 PEER_TIMEOUT_S = 20.0
+# A process that raised its own error (e.g. a locked workdir) is given this long to print it and
+# exit before a peer's resulting exit is reported in its place.
+OWN_ERROR_GRACE_S = 10.0
 JAX_HEARTBEAT_TIMEOUT_S = 50  # the coordination service's own detection (JAX's default is 100 s)
 DATA_AXIS = "data"
 
@@ -236,6 +239,7 @@ class PeerWatch:
         self.peers: dict[socket.socket, dict] = {}  # connection -> {"index", "seen", "buffer"}
         self.selector = selectors.DefaultSelector()
         self._left: int | None = None  # the status `leave` told the others (it tells them once)
+        self._own_error = False  # set by `ending_with_own_error`
         self._lock = threading.Lock()
 
     # --------------------------------------------------------------- set-up
@@ -335,6 +339,8 @@ class PeerWatch:
         """Ends this process now: tells the others (process 0 relays), prints one error line."""
         if self._left is not None:  # this process is ending already, with its own message and status
             os._exit(self._left)
+        if self._own_error:  # the main thread is about to print this process's own error and exit
+            time.sleep(OWN_ERROR_GRACE_S)
         if tell is not None and self.index == 0:
             self._send_all(f"{tell}\n".encode())
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -348,6 +354,11 @@ class PeerWatch:
                     conn.send(data)
                 except (BlockingIOError, OSError):
                     pass  # a full buffer skips a beat; a dead peer shows up as a closed connection
+
+    def ending_with_own_error(self) -> None:
+        """The main thread raised an error it will print: a peer stopping because of it is not
+        reported instead (the main thread's `exit_process` ends this process first)."""
+        self._own_error = True
 
     def leave(self, status: int) -> None:
         """Tells the others this process ends: normally (`bye`) or with an error status."""
@@ -381,6 +392,13 @@ def start_peer_watch(coordinator_address: str | None, timeout_s: int = DEFAULT_I
         watch.connect(client.blocking_key_value_get(_WATCH_KEY, int(timeout_s * 1000)))
     watch.start()
     _WATCH = watch
+
+
+def ending_with_own_error() -> None:
+    """Call before telling the other processes about an error this process raises and will print
+    (they stop because of it; their stopping must not be reported in place of the cause)."""
+    if _WATCH is not None:
+        _WATCH.ending_with_own_error()
 
 
 def wait_for_peer_watch(seconds: float = 2 * HEARTBEAT_S) -> None:

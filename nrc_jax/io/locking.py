@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 from nrc_jax.errors import ConfigError, UserError
-from nrc_jax.io import run_files
+from nrc_jax.io import distributed, run_files
 
 LOCK_FILE = ".nrc_jax.lock"
 _KV_KEY = "nrc_jax_workdir_lock"
@@ -191,6 +191,7 @@ class RunLock:
             try:
                 self._lock = WorkdirLock(self.workdir).acquire()
             except UserError as e:
+                distributed.ending_with_own_error()  # the others stop on this key; the cause is ours
                 client.key_value_set(key, f"{type(e).__name__}:{e}")
                 raise
             client.key_value_set(key, "ok")
