@@ -274,6 +274,7 @@ def test_workdirs_repeating_a_seed_are_drawn_apart(tmp_path):
     long = write_workdir(tmp_path / "long", values=(1e-2, 5e-3, 0.0), seeds=(0,))
     groups, _ = groups_of(short, long)
     assert [g.slug for g in groups] == ["swimmer_short", "swimmer_long"]
+    assert groups[0].title.startswith("swimmer [short] (weight decay)")
     assert [[v.seeds for v in g.values] for g in groups] == [[1, 1], [1, 1, 1]]
     written = plot.plot_workdirs([short, long], tmp_path / "fig")
     names = {p.name for p in written}

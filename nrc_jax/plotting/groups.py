@@ -57,12 +57,13 @@ class Group:
     @property
     def title(self) -> str:
         mode = "UFM-regularized" if self.ufm else "weight decay"
+        dataset = f"{self.dataset} [{self.tag}]" if self.tag else self.dataset
         seeds = max(v.seeds for v in self.values)
         seed_text = f"{seeds} seed{'s' if seeds > 1 else ''}"
         if len(self.values) == 1:
-            return f"{self.dataset} ({mode}, {self.values[0].label}, {seed_text})"
+            return f"{dataset} ({mode}, {self.values[0].label}, {seed_text})"
         names = ", ".join(SHORT_NAMES.get(k, k) for k in self.varied)
-        return f"{self.dataset} ({mode}): {names} in {len(self.values)} values × {seed_text}"
+        return f"{dataset} ({mode}): {names} in {len(self.values)} values × {seed_text}"
 
 
 def format_value(value: Any) -> str:
