@@ -5,16 +5,21 @@ process (tests, notebooks) never collides in the global FLAGS. Flags take `--nam
 `--name value`, may come before or after the positional arguments, and a bad command line is one
 `error:` line and exit status 2, like every other user error. A tool that takes settings takes
 them as `--config=configs/<file>.py[:arg]` (ml_collections `config_flags`, locked: an override
-`--config.a.b=v` of a field the config lacks is an error), as `main` does.
+`--config.a.b=v` of a field the config lacks is an error), as `main` does; a tool whose settings are
+one fixed ConfigDict takes its fields as `--NAME.a=v` (`DEFINE_config_dict`, equally locked), as
+`python -m nrc_jax.data` does with `--data.train_size=500`.
 """
 from __future__ import annotations
 
 import contextlib
 import sys
 import types
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 from absl import flags
+
+if TYPE_CHECKING:
+    import ml_collections
 
 HELP = ("--help", "-h", "--helpfull")
 
@@ -67,22 +72,28 @@ def unknown_field_message(error: KeyError | AttributeError, argv: Sequence[str],
     return f"{', '.join(named) or field}: the config has no field {field!r}. {' '.join(hint)}".rstrip()
 
 
-def define_config(fv: flags.FlagValues, argv: Sequence[str], default: str | None) -> None:
-    """`--config` on `fv`: a python config file (`PATH[:ARG]`, `get_config(ARG)`), locked, with
-    `--config.a.b=v` overrides read from `argv` (the full command line, program name first)."""
+def define_config(fv: flags.FlagValues, argv: Sequence[str], default: str | ml_collections.ConfigDict | None,
+                  name: str = "config") -> None:
+    """`--NAME` on `fv`, locked, with `--NAME.a.b=v` overrides read from `argv` (the full command line,
+    program name first): a python config file (`PATH[:ARG]`, `get_config(ARG)`) when `default` is a
+    path or None, else the ConfigDict `default` itself (then only its fields can be set)."""
     from ml_collections import config_flags
 
-    config_flags.DEFINE_config_file("config", default, "python config file, PATH[:ARG] (`--config.a.b=v` "
-                                    "overrides a field)", flag_values=fv, lock_config=True, sys_argv=list(argv))
+    if default is None or isinstance(default, str):
+        config_flags.DEFINE_config_file(name, default, f"python config file, PATH[:ARG] (`--{name}.a.b=v` "
+                                        "overrides a field)", flag_values=fv, lock_config=True, sys_argv=list(argv))
+    else:
+        config_flags.DEFINE_config_dict(name, default, f"settings; `--{name}.a.b=v` sets a field", flag_values=fv,
+                                        lock_config=True, sys_argv=list(argv))
 
 
 @contextlib.contextmanager
-def _one_line_errors(prog: str, argv: Sequence[str], hint: str) -> Iterator[None]:
+def _one_line_errors(prog: str, argv: Sequence[str], hint: str, name: str = "config") -> Iterator[None]:
     """A bad flag, config file, config argument or override becomes a UsageError."""
     try:
         yield
     except (KeyError, AttributeError) as e:  # --config.a.b=v naming a field the config lacks
-        raise UsageError(f"{prog}: {unknown_field_message(e, argv)}") from None
+        raise UsageError(f"{prog}: {unknown_field_message(e, argv, name)}") from None
     except flags.Error as e:
         raise UsageError(f"{prog}: {first_and_last_line(e)} {hint}") from None
     except (OSError, ValueError, TypeError) as e:  # the config file or its get_config(arg)
@@ -91,12 +102,14 @@ def _one_line_errors(prog: str, argv: Sequence[str], hint: str) -> Iterator[None
 
 def parse(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None], *, prog: str, usage: str,
           doc: str = "", num_args: tuple[int, int | None] = (0, 0), list_flags: Sequence[str] = (),
-          config: str | None = None) -> tuple[flags.FlagValues, list[str]]:
+          config: str | ml_collections.ConfigDict | None = None,
+          config_name: str = "config") -> tuple[flags.FlagValues, list[str]]:
     """(flag values, positional arguments) of `argv` (default: sys.argv[1:]).
 
     `define(fv)` declares the tool's flags on `fv`; `num_args` bounds the number of positional
-    arguments (max None: any). `config` (a path, or "" for none: then --config is required) gives
-    the tool a `--config` flag (`define_config`); its ConfigDict is `fv["config"].value`. `--help`
+    arguments (max None: any). `config` (a path, "" for none: then --config is required, or a
+    ConfigDict) gives the tool a `--config` flag, named `config_name` (`define_config`); its
+    ConfigDict is `fv[config_name].value`. `--help`
     prints the usage, `doc` and the flags, then exits 0.
     Raises UsageError (a SystemExit with status 2, after one `error:` line) for a bad command line,
     config file, config argument or override.
@@ -105,18 +118,18 @@ def parse(argv: Sequence[str] | None, define: Callable[[flags.FlagValues], None]
     fv = flags.FlagValues()
     define(fv)
     hint = f"(usage: {prog} {usage}; --help lists the flags)"
-    with _one_line_errors(prog, argv, hint):
+    with _one_line_errors(prog, argv, hint, config_name):
         if config is not None:
-            define_config(fv, [prog, *argv], config or None)
+            define_config(fv, [prog, *argv], None if isinstance(config, str) and not config else config, config_name)
     if any(a in HELP for a in argv):
         print(f"usage: {prog} {usage}\n\n{doc.strip()}\n\nflags:\n{fv.get_help(include_special_flags=False)}")
         raise SystemExit(0)
-    with _one_line_errors(prog, argv, hint):
+    with _one_line_errors(prog, argv, hint, config_name):
         positional = fv([prog, *argv])[1:]
-        if config is not None and fv["config"].value is None:
-            raise UsageError(f"{prog}: --config is required {hint}")
+        if config is not None and fv[config_name].value is None:
+            raise UsageError(f"{prog}: --{config_name} is required {hint}")
         if config is not None:
-            fv["config"].value.keys()  # a config file that failed to load raises only when used
+            fv[config_name].value.keys()  # a config file that failed to load raises only when used
     low, high = num_args
     if len(positional) < low or (high is not None and len(positional) > high):
         expected = f"{low}" if low == high else f"{low} to {high}" if high is not None else f"at least {low}"

@@ -62,8 +62,10 @@ def cases(d, tmp):
                             [str(tmp / "nowhere")]),
         "data: missing path": ([sys.executable, "-m", "nrc_jax.data", "describe", "npz", "--path", str(d / "missing.npz")],
                                [str(d / "missing.npz")]),
-        "data: nan targets": ([sys.executable, "-m", "nrc_jax.data", "describe", "npz", "--path", str(d / "nan_targets.npz")],
+        "data: nan targets": ([sys.executable, "-m", "nrc_jax.data", "describe", "npz", f"--data.path={d / 'nan_targets.npz'}"],
                               ["nan"]),
+        "data: mistyped field": ([sys.executable, "-m", "nrc_jax.data", "describe", "npz", "--data.train_sz=5"],
+                                 ["--data.train_sz", "no field 'train_sz'"]),
         "ufm: d < n": ([sys.executable, "-m", "nrc_jax.ufm", "--config=configs/ufm.py:quick", f"--config.out_dir={tmp / 'ufm'}",
                         "--config.d=2"], ["d=2"]),
     }

@@ -62,7 +62,9 @@ def test_tools_parse_in_one_process_without_flag_clashes():
         == ["swimmer", "hopper"]
     args = reproduce.parse_args(["--only", "wd_hopper", "ufm_study", "--config.epochs_scale=0.5"])
     assert args.only == ["wd_hopper", "ufm_study"] and args.config.epochs_scale == 0.5
-    args = data_cli.parse_args(["describe", "npz", "--path", "d.npz", "--set", "seed=1", "--set", "train_size=5"])
-    assert (args.command, args.name, args.path, args.set) == ("describe", "npz", "d.npz", ["seed=1", "train_size=5"])
+    args = data_cli.parse_args(["describe", "npz", "--path", "d.npz", "--data.seed=1", "--data.train_size", "5"])
+    assert (args.command, args.name, args.data.path, args.data.seed, args.data.train_size) == \
+        ("describe", "npz", "d.npz", 1, 5)
+    assert data_cli.parse_args(["table", "--path=x"]).data.path == "x"  # --path P is short for --data.path=P
     with pytest.raises(SystemExit):
-        data_cli.parse_args(["table", "--path", "x"])  # table takes no --path
+        data_cli.parse_args(["list", "--data.seed=1"])  # list takes no data settings

@@ -13,7 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 if not os.path.exists(PYTHON):
     PYTHON = sys.executable
-SMALL = ["--set", "train_size=60", "--set", "test_size=12", "--set", "image_size=16"]
+SMALL = ["--data.train_size=60", "--data.test_size=12", "--data.image_size", "16"]
 
 
 def cli(*args):
@@ -53,7 +53,7 @@ def test_describe_export_agree(tmp_path):
 
 def test_describe_text_with_transform(tmp_path):
     fx.write_npz(tmp_path / "d.npz", n=2)
-    out = cli("describe", "npz", "--path", tmp_path / "d.npz", "--set", "target_transform=zca")
+    out = cli("describe", "npz", f"--data.path={tmp_path / 'd.npz'}", "--data.target_transform=zca")
     assert out.returncode == 0, out.stderr
     lines = dict(line.split(None, 1) for line in out.stdout.splitlines())
     assert lines["name"] == "npz" and lines["train_size"] == "40" and lines["target_dim"] == "2"
@@ -71,6 +71,44 @@ def test_table_markdown():
     assert "synthetic_images\n" in listing and "sgemm  (needs data.path)" in listing
 
 
+def test_typed_overrides_reach_the_loaded_config(monkeypatch, capsys):
+    from nrc_jax.data import __main__ as data_cli
+
+    real_load, loaded = data_cli.load_dataset, []
+
+    def recording_load(cfg):
+        loaded.append(cfg)
+        return real_load(cfg)
+
+    monkeypatch.setattr(data_cli, "load_dataset", recording_load)
+    argv = ["table", "synthetic_images", "sgemm", "--json", "--data.train_size=60", "--data.test_size", "12",
+            "--data.image_size=16", "--data.action_noise=0", "--data.target_transform=zca"]
+    assert data_cli.main(argv) == 2  # sgemm needs data.path: its row fails, synthetic_images' is printed
+    assert [cfg.name for cfg in loaded] == ["synthetic_images", "sgemm"]
+    for cfg in loaded:
+        assert (cfg.train_size, cfg.test_size, cfg.image_size, cfg.target_transform) == (60, 12, 16, "zca")
+        assert type(cfg.train_size) is int and type(cfg.action_noise) is float and cfg.action_noise == 0.0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert (row["train_size"], row["test_size"], row["input_shape"]) == (60, 12, [16, 16, 3])
+    assert row["lambda_min"] == pytest.approx(1.0, abs=1e-4)  # zca reached the loader: whitened targets
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--data.train_sz=5"], "--data.train_sz: the config has no field 'train_sz'. Did you mean \"train_size\""),
+    (["--data.image_size=big"], "--data.image_size=big"),
+    (["--json=maybe"], "--json=maybe"),
+])
+def test_bad_data_flag_is_one_error_line_and_exit_2(argv, expected, capsys):
+    from nrc_jax.data import __main__ as data_cli
+
+    with pytest.raises(SystemExit) as exit_info:
+        data_cli.parse_args(["describe", "synthetic_images", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: python -m nrc_jax.data: ") and len(err.strip().splitlines()) == 1
+    assert expected in err
+
+
 @pytest.mark.parametrize("case", ["unknown", "missing_path", "wrong_layout", "nan", "rows", "bad_set", "export_dir"])
 def test_user_errors_exit_2_without_traceback(tmp_path, case):
     bad = tmp_path / "bad.npz"
@@ -86,11 +124,11 @@ def test_user_errors_exit_2_without_traceback(tmp_path, case):
             "wrong_layout": ("describe", "sgemm", "--path", tmp_path),
             "nan": ("export", "npz", tmp_path / "o.npz", "--path", bad),
             "rows": ("describe", "npz", "--path", bad),
-            "bad_set": ("describe", "synthetic_images", "--set", "train_sz=5"),
+            "bad_set": ("describe", "synthetic_images", "--data.train_sz=5"),
             "export_dir": ("export", "synthetic_images", tmp_path, *SMALL)}[case]
     expected = {"unknown": "known data sets: carla, d4rl", "missing_path": "missing.hdf5",
                 "wrong_layout": "expected 'MWG,NWG", "nan": "non-finite", "rows": "3 rows but targets have 2 rows",
-                "bad_set": "key one of", "export_dir": "cannot write"}[case]
+                "bad_set": "no field 'train_sz'", "export_dir": "cannot write"}[case]
     out = cli(*args)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Traceback" not in out.stderr and out.stderr.startswith("error: ")

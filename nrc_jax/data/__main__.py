@@ -1,61 +1,45 @@
 """`python -m nrc_jax.data`: describe, export and tabulate the study's data sets.
 
-  python -m nrc_jax.data describe NAME [--json] [--path P] [--set key=value ...]
+  python -m nrc_jax.data describe NAME [--json] [--data.FIELD=VALUE ...]
       the paper's Table 1 row (name, train_size, test_size, input_shape, target_dim,
       target_correlation, lambda_min, lambda_max) from the training targets;
-  python -m nrc_jax.data export NAME OUT.npz [--path P] [--set key=value ...]
+  python -m nrc_jax.data export NAME OUT.npz [--data.FIELD=VALUE ...]
       writes x_train, y_train, x_test, y_test of a set held in memory (tabular or small image sets);
-  python -m nrc_jax.data table [NAME ...] [--json] [--set key=value ...]
+  python -m nrc_jax.data table [NAME ...] [--json] [--data.FIELD=VALUE ...]
       Table 1 (markdown) for the given sets, by default every set made locally (no data.path needed);
   python -m nrc_jax.data list
       the known data set names.
-`--set key=value` sets any field of `default_data_config()` (e.g. --set train_size=500 --set
-target_transform=zca); `--path P` is short for --set path=P. User errors (missing path, wrong layout,
-non-finite values, unknown name or field) print one message without a traceback and exit 2.
+`--data.FIELD=VALUE` sets a field of `default_data_config()` (ml_collections `config_flags`, typed
+by the field's default, e.g. --data.train_size=500 --data.target_transform=zca); NAME sets
+data.name, and `--path P` is short for --data.path=P. User errors (missing path, wrong layout,
+non-finite values, unknown name or field, a value of the wrong type) print one `error:` line
+without a traceback and exit 2.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import sys
 import tempfile
 import types
 from typing import Any, Sequence
 
+import ml_collections
 import numpy as np
 
 from nrc_jax.data import PATH_DATASETS, default_data_config, known_datasets, load_dataset
 from nrc_jax.data.base import TABLE1_KEYS, table1_row
-from nrc_jax.errors import ConfigError, DataError, UserError
+from nrc_jax.errors import DataError, UserError
 
 EXIT_USER_ERROR = 2
 
 
-def parse_value(key: str, text: str, default: Any) -> Any:
-    """`text` converted to the type of the field's default (bool accepts true/false/1/0)."""
-    if isinstance(default, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"--set {key}={text}: expected true or false")
-    try:
-        return type(default)(text) if isinstance(default, (int, float)) else text
-    except ValueError as e:
-        raise ConfigError(f"--set {key}={text}: expected a {type(default).__name__}") from e
-
-
-def data_config(name: str, path: str | None, settings: Sequence[str]) -> Any:
-    """default_data_config() with `name`, `path` and the `key=value` overrides applied."""
-    cfg = default_data_config()
+def data_config(args: types.SimpleNamespace, name: str) -> ml_collections.ConfigDict:
+    """The command line's data config (`--data.FIELD=VALUE` applied) for the set `name`."""
+    cfg = copy.deepcopy(args.data)
     cfg.name = name
-    for item in settings:
-        key, sep, text = item.partition("=")
-        if not sep or key not in cfg:
-            raise ConfigError(f"--set {item!r}: expected key=value with key one of {', '.join(sorted(cfg.keys()))}")
-        cfg[key] = parse_value(key, text, cfg[key])
-    if path is not None:
-        cfg.path = path
     return cfg
 
 
@@ -76,7 +60,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def describe(args: types.SimpleNamespace) -> int:
-    row = table1_row(load_dataset(data_config(args.name, args.path, args.set)))
+    row = table1_row(load_dataset(data_config(args, args.name)))
     if args.json:
         print(json.dumps(row))
     else:
@@ -100,10 +84,10 @@ def write_npz_atomically(out: str, arrays: dict[str, np.ndarray]) -> None:
 
 
 def export(args: types.SimpleNamespace) -> int:
-    data = load_dataset(data_config(args.name, args.path, args.set))
+    data = load_dataset(data_config(args, args.name))
     if data.streamed:
         raise DataError(f"data set {data.name!r} is streamed from disk (larger than data.max_in_memory_mb); export "
-                        f"writes sets held in memory: use smaller --set train_size/test_size/image_size")
+                        f"writes sets held in memory: use smaller --data.train_size/test_size/image_size")
     arrays = {"x_train": data.x_train, "y_train": data.y_train, "x_test": data.x_test, "y_test": data.y_test}
     try:
         write_npz_atomically(args.out, arrays)
@@ -122,7 +106,7 @@ def table(args: types.SimpleNamespace) -> int:
     rows, failures = [], []
     for name in names:
         try:
-            rows.append(table1_row(load_dataset(data_config(name, None, args.set))))
+            rows.append(table1_row(load_dataset(data_config(args, name))))
         except UserError as e:
             failures.append(f"{name}: {e}")
     if args.json:
@@ -142,9 +126,9 @@ def list_names(_: types.SimpleNamespace) -> int:
 
 # command: (function, positional argument names (a trailing "*" takes any number), flags it accepts)
 COMMANDS = {
-    "describe": (describe, ("name",), ("json", "path", "set")),
-    "export": (export, ("name", "out"), ("path", "set")),
-    "table": (table, ("names*",), ("json", "set")),
+    "describe": (describe, ("name",), ("json", "data")),
+    "export": (export, ("name", "out"), ("data",)),
+    "table": (table, ("names*",), ("json", "data")),
     "list": (list_names, (), ()),
 }
 
@@ -153,10 +137,6 @@ def _define_flags(fv) -> None:
     from absl import flags
 
     flags.DEFINE_boolean("json", False, "describe: one JSON object; table: a JSON list of rows", flag_values=fv)
-    flags.DEFINE_string("path", None, "data.path: the file or folder of the data set (describe, export)",
-                        flag_values=fv)
-    flags.DEFINE_multi_string("set", [], "KEY=VALUE: set a data config field (repeatable), e.g. "
-                              "--set train_size=500", flag_values=fv)
 
 
 def parse_args(argv: Sequence[str] | None) -> types.SimpleNamespace:
@@ -165,13 +145,14 @@ def parse_args(argv: Sequence[str] | None) -> types.SimpleNamespace:
     from nrc_jax import cli
 
     prog = "python -m nrc_jax.data"
+    argv = [re.sub(r"^--path(?==|$)", "--data.path", a) for a in (sys.argv[1:] if argv is None else argv)]
     fv, positional = cli.parse(argv, _define_flags, prog=prog, usage="{describe,export,table,list} ... [flags]",
-                               doc=__doc__, num_args=(1, None))
+                               doc=__doc__, num_args=(1, None), config=default_data_config(), config_name="data")
     command, rest = positional[0], positional[1:]
     if command not in COMMANDS:
         raise cli.UsageError(f"{prog}: unknown command {command!r}; allowed {', '.join(COMMANDS)}")
     run, names, allowed = COMMANDS[command]
-    wrong = [f"--{name}" for name in fv if fv[name].present and name not in allowed]
+    wrong = [f"--{name}" for name in fv if fv[name].present and name.split(".")[0] not in allowed]
     if wrong:
         raise cli.UsageError(f"{prog} {command}: does not take {', '.join(wrong)}")
     if names and names[-1].endswith("*"):

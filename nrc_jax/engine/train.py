@@ -95,8 +95,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains the configured run (resuming from `workdir` if it holds checkpoints) and returns the
     final metrics row of each sweep member as {"members": [row, ...]} (plus the summary).
 
-    Holds the workdir's lock (`locking.RunLock`) for the whole run: a second run on the same workdir
-    raises `locking.WorkdirBusyError` before touching anything there.
+    Holds the workdir's lock (`locking.RunLock`) for the whole run, except on an object store (gs://,
+    s3://), which has no file locks: a second run on the same local workdir raises
+    `locking.WorkdirBusyError` before touching anything there.
     """
     validate.validate_config(config, num_devices=jax.device_count())  # before any loading or compiling
     workdir = validate.workdir_location(workdir)
