@@ -95,14 +95,16 @@ LENGTHS = {"tenth": 10, "hundredth": 100, "thousandth": 1000}  # epochs divided 
 # noise: clip(expert + N(0, 0.7^2), -1, 1) saturates more, higher-variance actions), and no ReLU
 # before the features (the features may then be centred anywhere, as in the UFM).
 PAPER_LIKE_ACTION_NOISE = 0.7
-OPTIONS = ("quick", *LENGTHS, "seed0", "with_zero", "paper_like_actions", "no_feature_relu")
+SEED_OPTIONS = {f"seed{seed}": seed for seed in SEEDS}  # seed1,seed2: those seeds only (any combination)
+OPTIONS = ("quick", *LENGTHS, *SEED_OPTIONS, "with_zero", "paper_like_actions", "no_feature_relu")
 EVAL_LOG_POINTS = 200  # log-spaced evaluations added to the paper-setting runs' regular ones
 
 
 def get_config(arg: str = "fig2_swimmer") -> ml_collections.ConfigDict:
     """`arg`: an experiment from `experiment_names()`, then options separated by commas:
     quick (the CPU-sized run of the module docstring), tenth / hundredth / thousandth (the paper's
-    settings at that fraction of its epochs), seed0 (seed 0 only), with_zero (Figure 2 runs: also
+    settings at that fraction of its epochs), seed0 / seed1 / seed2 (only the seeds named: `seed1,seed2`
+    runs seeds 1 and 2), with_zero (Figure 2 runs: also
     weight decay 0, in the same vmapped program), paper_like_actions (MuJoCo action noise 0.7),
     no_feature_relu (no activation on the features)."""
     name, *options = [a for a in arg.split(",") if a] or [""]
@@ -124,8 +126,9 @@ def get_config(arg: str = "fig2_swimmer") -> ml_collections.ConfigDict:
     for option in options:
         if option in LENGTHS:
             shorten(config, LENGTHS[option])
-    if "seed0" in options:
-        keep_seed_zero(config)
+    seeds = [SEED_OPTIONS[option] for option in options if option in SEED_OPTIONS]
+    if seeds:
+        keep_seeds(config, seeds)
     if "paper_like_actions" in options:
         config.data.action_noise = PAPER_LIKE_ACTION_NOISE
     if "no_feature_relu" in options:
@@ -141,13 +144,16 @@ def shorten(config: ml_collections.ConfigDict, factor: int) -> None:
                         eval_log_points=EVAL_LOG_POINTS)
 
 
-def keep_seed_zero(config: ml_collections.ConfigDict) -> None:
-    """Seed 0 only; in a zip sweep (the UFM runs) the members of the other seeds are dropped."""
+def keep_seeds(config: ml_collections.ConfigDict, seeds: list[int]) -> None:
+    """Only `seeds` (in SEEDS order); in a zip sweep (the UFM runs) the other seeds' members are dropped.
+
+    Seed 0 alone leaves an empty seed sweep (config.seed is 0), so `seed0` runs keep their workdirs'
+    one-member layout."""
     sweep = config.sweep
     if sweep.mode != "zip" or not sweep.seed:
-        sweep.seed = ()
+        sweep.seed = () if list(seeds) == [0] else tuple(s for s in SEEDS if s in seeds)
         return
-    keep = [i for i, seed in enumerate(sweep.seed) if seed == 0]
+    keep = [i for i, seed in enumerate(sweep.seed) if seed in seeds]
     for field in ("seed", "lr", "weight_decay", "lambda_h", "lambda_w"):
         if len(sweep[field]):
             sweep[field] = tuple(sweep[field][i] for i in keep)

@@ -132,6 +132,11 @@ def test_paper_variants_for_the_long_runs_and_ablations():
     assert tuple(config.sweep.weight_decay) == (1e-2, 0.0) and not config.sweep.seed
     ufm = paper.get_config("fig6_ufm_hopper,seed0")
     assert ufm.sweep.seed == (0,) * 5 and ufm.sweep.lambda_h == paper.UFM_LAMBDAS
+    later = paper.get_config("fig2_hopper,tenth,seed2,seed1,with_zero")
+    assert later.sweep.seed == (1, 2) and tuple(later.sweep.weight_decay) == (1e-2, 0.0)
+    assert later.train.epochs == 20_000
+    ufm_later = paper.get_config("fig6_ufm_reacher,seed1")
+    assert ufm_later.sweep.seed == (1,) * 5 and ufm_later.sweep.lambda_w == paper.UFM_LAMBDAS
     ablation = paper.get_config("fig2_swimmer,hundredth,paper_like_actions,no_feature_relu")
     assert ablation.train.epochs == 10_000 and ablation.data.action_noise == paper.PAPER_LIKE_ACTION_NOISE
     assert not ablation.model.feature_activation and ablation.sweep.seed == paper.SEEDS
