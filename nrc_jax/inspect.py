@@ -1,6 +1,6 @@
 """Look into a run directory without training.
 
-  python -m nrc_jax.inspect DIR [--step N] [--json] [--member K] [--export OUT.npz]
+  python -m nrc_jax.inspect DIR [--step N] [--json] [--member K] [--export OUT.npz] [--float64]
 
 Prints the config, the saved checkpoint steps, the parameter shapes (leading axis: sweep members),
 the latest logged metrics and W W^T of every member at the chosen step (default: the newest
@@ -8,6 +8,9 @@ readable one; unreadable newer steps are named on stderr, as `main` skips them o
 `--export` also loads the data set and writes, for sweep member K (default 0), the train-set
 `features` (M, d), `weights` (n, d), `bias` (n,), `targets` (M, n), `predictions` (M, n) and, when
 the run had `metrics.per_layer`, `layer_features_<i>` (M, d_i) for each hidden layer.
+`--float64` recomputes every member's train-set metrics from the checkpoint twice, from the same
+float32 features: in float32 (as training logs them) and in float64. Where the logged NRC values
+stop falling near 1e-10, this tells the collapse apart from float32's rounding floor.
 """
 from __future__ import annotations
 
@@ -133,6 +136,53 @@ def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
     return arrays
 
 
+PRECISION_KEYS = ("nrc1", "nrc1_centered", "nrc1_unnormalized", "nrc2", "nrc2_centered", "nrc2_w_pca",
+                  "nrc3", "train_mse")
+
+
+def precision_check(run: dict) -> list[dict]:
+    """Per member: {"member", "sweep", "float32": {key: value}, "float64": {key: value}} of the
+    PRECISION_KEYS, from the train-set features (M, d) of the checkpoint's float32 forward pass."""
+    import jax
+
+    from nrc_jax.data import load_dataset
+    from nrc_jax.engine import memory, models
+
+    config, trainer, state = run["config"], run["trainer"], run["state"]
+    data = load_dataset(config.data)
+    device_data = memory.put_data(data, trainer.mesh, config.train.eval_chunk)
+    checks = []
+    for member, info in enumerate(run["meta"]["members"]):
+        predictions, features, _ = trainer.features(state, device_data, member)
+        w, _ = models.head_params(jax.tree.map(lambda a: a[member], state.params))
+        arrays = (features, np.asarray(data.y_train), predictions, np.asarray(w))
+        values = {"float32": _train_metrics(*arrays)}
+        was_x64 = jax.config.jax_enable_x64
+        jax.config.update("jax_enable_x64", True)  # only for these calls: training code stays float32
+        try:
+            values["float64"] = _train_metrics(*(a.astype(np.float64) for a in arrays))
+        finally:
+            jax.config.update("jax_enable_x64", was_x64)
+        checks.append({"member": member, "sweep": info.get("sweep", {}), **values})
+    return checks
+
+
+def _train_metrics(features, targets, predictions, weights) -> dict[str, float]:
+    from nrc_jax.core import metrics
+
+    sigma = metrics.target_stats(targets)["sigma"]
+    out = metrics.metrics_from_features(features, targets, predictions, weights, sigma=sigma)
+    out["train_mse"] = out["mse"]
+    return {key: float(out[key]) for key in PRECISION_KEYS}
+
+
+def _print_precision(checks: list[dict]) -> None:
+    for check in checks:
+        print(f"member {check['member']} {check['sweep']}: train-set metrics in float32 / float64")
+        for key in PRECISION_KEYS:
+            print(f"  {key}: {check['float32'][key]:.6g} / {check['float64'][key]:.6g}")
+
+
 def _print_text(info: dict) -> None:
     print("config:")
     print(json.dumps(info["config"], indent=1))
@@ -155,6 +205,8 @@ def _define_flags(fv) -> None:
     flags.DEFINE_boolean("json", False, "print one JSON object", flag_values=fv)
     flags.DEFINE_string("export", None, "OUT.npz: write train-set features etc.", flag_values=fv)
     flags.DEFINE_integer("member", 0, "sweep member for --export", flag_values=fv)
+    flags.DEFINE_boolean("float64", False, "recompute every member's train-set metrics in float32 and "
+                         "float64 from the checkpoint's features", flag_values=fv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.export:
             export(run, args.export, args.member)
             info["exported"] = os.path.abspath(args.export)
+        if args.float64:
+            info["precision_check"] = precision_check(run)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -186,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(info))
     else:
         _print_text(info)
+        if args.float64:
+            _print_precision(info["precision_check"])
         if args.export:
             print(f"exported member {args.member} at step {info['step']} to {info['exported']}")
     return 0

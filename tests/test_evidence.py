@@ -38,6 +38,12 @@ def test_collect_thins_copies_and_plots(npz_path, tmp_path):
     assert table.count("| kept |") == 2 and "40/40" in table
 
 
+def test_late_range_spans_the_second_half_only():
+    rows = [{"epoch": e, "nrc1": v} for e, v in [(0, 0.9), (10, 1e-3), (20, 3e-11), (30, 2e-9), (40, 5e-11)]]
+    assert evidence._late_range(rows, "nrc1") == "3e-11 – 2e-09"
+    assert evidence._late_range(rows, "absent") == "–"
+
+
 def test_collect_refuses_a_folder_without_metrics(tmp_path):
     with pytest.raises(evidence.DataError, match="no metrics.jsonl"):
         evidence.collect(str(tmp_path), str(tmp_path / "out"))

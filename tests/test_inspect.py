@@ -49,6 +49,24 @@ def test_export_recomputes_logged_metrics(sweep_run, tmp_path, capsys):
         assert float(metrics.mse(f["targets"], f["predictions"])) == pytest.approx(final["train_mse"], rel=1e-3)
 
 
+def test_float64_check_recomputes_the_logged_metrics_in_both_precisions(sweep_run, capsys):
+    import jax
+
+    assert nrc_inspect.main([str(sweep_run), "--json", "--float64"]) == 0
+    checks = json.loads(capsys.readouterr().out)["precision_check"]
+    assert not jax.config.jax_enable_x64  # switched on only for the float64 recomputation
+    rows = run_files.read_metrics(str(sweep_run))
+    assert [c["member"] for c in checks] == [0, 1]
+    assert [c["sweep"] for c in checks] == [{"weight_decay": 1e-2}, {"weight_decay": 0.0}]
+    for check in checks:
+        final = [r for r in rows if r["sweep_index"] == check["member"]][-1]
+        for key in ("nrc1", "nrc2", "train_mse"):
+            assert check["float32"][key] == pytest.approx(final[key], rel=1e-3), key
+            assert check["float64"][key] == pytest.approx(check["float32"][key], rel=1e-3), key
+    assert nrc_inspect.main([str(sweep_run), "--float64"]) == 0
+    assert "nrc1_centered: " in capsys.readouterr().out
+
+
 def test_json_description_and_step_selection(sweep_run, capsys):
     assert nrc_inspect.main([str(sweep_run), "--json", "--step", "2"]) == 0
     info = json.loads(capsys.readouterr().out)
