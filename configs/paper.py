@@ -41,10 +41,10 @@ compiling), the whole job 2-8 min. Paper settings, measured (results/paper/READM
 run with its CPU time; the machine was shared, so wall times are upper bounds):
 fig2_swimmer,tenth,seed0,with_zero (1e5 epochs, 2 models) about 1,650 s CPU; fig2_reacher,tenth,
 seed0,with_zero (1.5e5 epochs) about 40 min wall; fig6_ufm_hopper,seed0 at 2,000 epochs (5 models)
-991 s CPU; fig6_ufm_swimmer,seed0, fig6_ufm_reacher,seed0 and fig6_ufm_hopper,seed0 (1e4 epochs, 5 models) 492 s,
-511 s and 4,584 s CPU (44 min wall); fig2_reacher,tenth,seed1,seed2 and fig2_hopper,tenth,seed1,seed2 (2 models) 2,324 s and 3,329 s
-CPU; a 5-value weight-decay sweep at 1/100 of the paper's epochs 465 s (Swimmer) and 660 s (Reacher)
-CPU. results/bench.md (2-core Intel Xeon, quiet): 4.29 ms per model-epoch at Swimmer
+991 s CPU; fig6_ufm_swimmer,seed0, fig6_ufm_reacher,seed0 and fig6_ufm_hopper,seed0 (1e4 epochs, 5
+models) 492 s, 511 s and 4,584 s CPU (44 min wall); fig2_reacher,tenth,seed1,seed2 and
+fig2_hopper,tenth,seed1,seed2 (2 models) 2,324 s and 3,329 s CPU; a 5-value weight-decay sweep at
+1/100 of the paper's epochs 465 s (Swimmer) and 660 s (Reacher) CPU. results/bench.md (2-core Intel Xeon, quiet): 4.29 ms per model-epoch at Swimmer
 size and 42.97 ms at Hopper size. ESTIMATES from those: fig2_swimmer at full length (1e6 epochs x 3
 seeds) ~ 3.6 h, fig2_reacher (1.5e6 x 3) ~ 5.4 h, fig2_hopper (2e5 x 3) ~ 7.2 h; `,tenth,seed0,
 with_zero` is 2/30 of that; a 5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* (1e4
