@@ -34,24 +34,25 @@ Launch (resumes from WORKDIR when rerun):
   python -m nrc_jax.plot runs/fig2_swimmer runs/fig5_wd_swimmer --out figures/
   python -m nrc_jax.reproduce            # all quick runs, figures and tables -> results/quick/
 
-Runtime (this project's 2-core CPU; see results/quick/summary.md and results/paper/README.md for
-the measured runs behind these figures). Quick: each MuJoCo stage of `make run` takes about 20-25 s
-wall on the quiet machine and 1 min under load, the ResNet18 stage about a minute (half of it
-compiling), the whole job 2-8 min. Paper settings, measured (results/paper/README.md lists every
-run with its CPU time; the machine was shared, so wall times are upper bounds):
+Runtime (this project's 2-core CPU; see results/quick/summary.md and results/paper/README.md for the
+measured runs behind these figures). Quick: each MuJoCo stage of `make run` takes about 20-25 s wall
+on the quiet machine and 1 min under load, the ResNet18 stage about a minute (half of it compiling),
+the whole job 2-8 min. Paper settings, measured (results/paper/README.md lists every run with its
+CPU time; the machine was shared, so wall times are upper bounds):
 fig2_swimmer,tenth,seed0,with_zero (1e5 epochs, 2 models) about 1,650 s CPU; fig2_reacher,tenth,
 seed0,with_zero (1.5e5 epochs) about 40 min wall; fig6_ufm_hopper,seed0 at 2,000 epochs (5 models)
 991 s CPU; fig6_ufm_swimmer,seed0, fig6_ufm_reacher,seed0 and fig6_ufm_hopper,seed0 (1e4 epochs, 5
 models) 492 s, 511 s and 4,584 s CPU (44 min wall); fig2_reacher,tenth,seed1,seed2 and
 fig2_hopper,tenth,seed1,seed2 (2 models) 2,324 s and 3,329 s CPU; a 5-value weight-decay sweep at
-1/100 of the paper's epochs 465 s (Swimmer) and 660 s (Reacher) CPU. results/bench.md (2-core Intel Xeon, quiet): 4.29 ms per model-epoch at Swimmer
-size and 42.97 ms at Hopper size. ESTIMATES from those: fig2_swimmer at full length (1e6 epochs x 3
-seeds) ~ 3.6 h, fig2_reacher (1.5e6 x 3) ~ 5.4 h, fig2_hopper (2e5 x 3) ~ 7.2 h; `,tenth,seed0,
-with_zero` is 2/30 of that; a 5-value weight-decay sweep 5/3 of its fig2 run; fig6_ufm_* (1e4
-epochs x 15 models) ~ 0.2 h (Swimmer, Reacher) to 1.8 h (Hopper). A GPU trains the vmapped
-members in one program (benchmarks/device_check projects the grid there). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000,
-ResNet34) need a GPU: of the order of a day and of an hour on one modern GPU (estimate from ~1.8
-GFLOP per ResNet18 forward at 224x224, 3x for a training step).
+1/100 of the paper's epochs 465 s (Swimmer) and 660 s (Reacher) CPU. results/bench.md (2-core Intel
+Xeon, quiet): 4.29 ms per model-epoch at Swimmer size and 42.97 ms at Hopper size. ESTIMATES from
+those: fig2_swimmer at full length (1e6 epochs x 3 seeds) ~ 3.6 h, fig2_reacher (1.5e6 x 3) ~ 5.4 h,
+fig2_hopper (2e5 x 3) ~ 7.2 h; `,tenth,seed0, with_zero` is 2/30 of that; a 5-value weight-decay
+sweep 5/3 of its fig2 run; fig6_ufm_* (1e4 epochs x 15 models) ~ 0.2 h (Swimmer, Reacher) to 1.8 h
+(Hopper). A GPU trains the vmapped members in one program (benchmarks/device_check projects the grid
+there). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000, ResNet34) need
+a GPU: of the order of a day and of an hour on one modern GPU (estimate from ~1.8 GFLOP per ResNet18
+forward at 224x224, 3x for a training step).
 """
 from __future__ import annotations
 
