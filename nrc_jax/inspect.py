@@ -111,26 +111,38 @@ def describe(run: dict) -> dict:
     }
 
 
-def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
-    """Writes the train-set features etc. of one sweep member at the run's step to `out_path`."""
+def _train_set(run: dict):
+    """(RegressionData, its device copy) of the run's data set, as training evaluates it."""
+    from nrc_jax.data import load_dataset
+    from nrc_jax.engine import memory
+
+    data = load_dataset(run["config"].data)
+    return data, memory.put_data(data, run["trainer"].mesh, run["config"].train.eval_chunk)
+
+
+def _member_outputs(run: dict, device_data, member: int):
+    """(predictions (M, n), features (M, d), hidden list, W (n, d), b (n,)) of one member, train set."""
     import jax
 
-    from nrc_jax.data import load_dataset
-    from nrc_jax.engine import memory, models
+    from nrc_jax.engine import models
+
+    predictions, features, hidden = run["trainer"].features(run["state"], device_data, member)
+    w, b = models.head_params(jax.tree.map(lambda a: a[member], run["state"].params))
+    return predictions, features, hidden, np.asarray(w), np.asarray(b)
+
+
+def export(run: dict, out_path: str, member: int = 0) -> dict[str, np.ndarray]:
+    """Writes the train-set features etc. of one sweep member at the run's step to `out_path`."""
     from nrc_jax.errors import ConfigError
 
     members = run["meta"]["members"]
     if not 0 <= member < len(members):
         raise ConfigError(f"--member {member}: the run has {len(members)} sweep members (0..{len(members) - 1})")
-    config, trainer = run["config"], run["trainer"]
-    data = load_dataset(config.data)
-    device_data = memory.put_data(data, trainer.mesh, config.train.eval_chunk)
-    predictions, features, hidden = trainer.features(run["state"], device_data, member)
-    w, b = models.head_params(jax.tree.map(lambda a: a[member], run["state"].params))
-    arrays = {"features": features, "weights": np.asarray(w), "bias": np.asarray(b),
-              "targets": np.asarray(data.y_train), "predictions": predictions,
-              "epoch": np.asarray(run["step"])}
-    if config.metrics.per_layer:
+    data, device_data = _train_set(run)
+    predictions, features, hidden, w, b = _member_outputs(run, device_data, member)
+    arrays = {"features": features, "weights": w, "bias": b, "targets": np.asarray(data.y_train),
+              "predictions": predictions, "epoch": np.asarray(run["step"])}
+    if run["config"].metrics.per_layer:
         arrays.update({f"layer_features_{i}": h for i, h in enumerate(hidden)})
     np.savez(out_path, **arrays)
     return arrays
@@ -145,24 +157,14 @@ def precision_check(run: dict) -> list[dict]:
     PRECISION_KEYS, from the train-set features (M, d) of the checkpoint's float32 forward pass."""
     import jax
 
-    from nrc_jax.data import load_dataset
-    from nrc_jax.engine import memory, models
-
-    config, trainer, state = run["config"], run["trainer"], run["state"]
-    data = load_dataset(config.data)
-    device_data = memory.put_data(data, trainer.mesh, config.train.eval_chunk)
+    data, device_data = _train_set(run)
     checks = []
     for member, info in enumerate(run["meta"]["members"]):
-        predictions, features, _ = trainer.features(state, device_data, member)
-        w, _ = models.head_params(jax.tree.map(lambda a: a[member], state.params))
-        arrays = (features, np.asarray(data.y_train), predictions, np.asarray(w))
+        predictions, features, _, w, _ = _member_outputs(run, device_data, member)
+        arrays = (features, np.asarray(data.y_train), predictions, w)
         values = {"float32": _train_metrics(*arrays)}
-        was_x64 = jax.config.jax_enable_x64
-        jax.config.update("jax_enable_x64", True)  # only for these calls: training code stays float32
-        try:
+        with jax.enable_x64(True):  # only for these calls: training code stays float32
             values["float64"] = _train_metrics(*(a.astype(np.float64) for a in arrays))
-        finally:
-            jax.config.update("jax_enable_x64", was_x64)
         checks.append({"member": member, "sweep": info.get("sweep", {}), **values})
     return checks
 
