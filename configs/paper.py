@@ -47,7 +47,7 @@ fig2_hopper,tenth,seed1,seed2 (2 models) 2,324 s and 3,329 s CPU; a 5-value weig
 1/100 of the paper's epochs 465 s (Swimmer) and 660 s (Reacher) CPU. results/bench.md (2-core Intel
 Xeon, quiet): 4.29 ms per model-epoch at Swimmer size and 42.97 ms at Hopper size. ESTIMATES from
 those: fig2_swimmer at full length (1e6 epochs x 3 seeds) ~ 3.6 h, fig2_reacher (1.5e6 x 3) ~ 5.4 h,
-fig2_hopper (2e5 x 3) ~ 7.2 h; `,tenth,seed0, with_zero` is 2/30 of that; a 5-value weight-decay
+fig2_hopper (2e5 x 3) ~ 7.2 h; `,tenth,seed0,with_zero` is 2/30 of that; a 5-value weight-decay
 sweep 5/3 of its fig2 run; fig6_ufm_* (1e4 epochs x 15 models) ~ 0.2 h (Swimmer, Reacher) to 1.8 h
 (Hopper). A GPU trains the vmapped members in one program (benchmarks/device_check projects the grid
 there). CARLA (600,000 images at 224x224, ResNet18, 100 epochs) and UTKFace (25,000, ResNet34) need
@@ -106,10 +106,10 @@ EVAL_LOG_POINTS = 200  # log-spaced evaluations added to the paper-setting runs'
 def get_config(arg: str = "fig2_swimmer") -> ml_collections.ConfigDict:
     """`arg`: an experiment from `experiment_names()`, then options separated by commas:
     quick (the CPU-sized run of the module docstring), tenth / hundredth / thousandth (the paper's
-    settings at that fraction of its epochs), seed0 / seed1 / seed2 (only the seeds named: `seed1,seed2`
-    runs seeds 1 and 2), with_zero (Figure 2 runs: also
-    weight decay 0, in the same vmapped program), paper_like_actions (MuJoCo action noise 0.7),
-    no_feature_relu (no activation on the features)."""
+    settings at that fraction of its epochs), seed0 / seed1 / seed2 (only the seeds named:
+    `seed1,seed2` runs seeds 1 and 2), with_zero (Figure 2 runs: also weight decay 0, in the same
+    vmapped program), paper_like_actions (MuJoCo action noise 0.7), no_feature_relu (no activation
+    on the features)."""
     name, *options = [a for a in arg.split(",") if a] or [""]
     if name not in experiment_names() or set(options) - set(OPTIONS):
         raise ValueError(f"configs/paper.py: argument {arg!r}; use one of {list(experiment_names())} "

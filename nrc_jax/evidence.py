@@ -10,8 +10,9 @@ epochs done and the run's wall time). A collected folder is itself a workdir for
 
 `--table` reads every collected folder under a directory and writes `claims.md`: per run and sweep
 member the final values of every NRC definition, the MSEs, the best gamma, how far NRC1 fell
-(decades between its first and last logged values) and its range over the run's second half. The results README quotes these numbers and a
-test (tests/test_evidence.py) recomputes the table from the committed files.
+(decades between its first and last logged values) and its range over the run's second half. The
+results README quotes these numbers and a test (tests/test_evidence.py) recomputes the table from
+the committed files.
 """
 from __future__ import annotations
 
